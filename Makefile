@@ -1,0 +1,129 @@
+# pop3proxyd: the one, non-recursive Makefile.
+# Every program lands in bin/, every intermediate file in build/.
+
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/pop3proxyd
+DESTDIR ?=
+
+CC      ?= cc
+AR      ?= ar
+CFLAGS  ?= -O2 -g
+WERROR  ?= -Werror
+PYTHON  ?= /usr/bin/python3
+PKGS     = libcares msgpack openssl
+
+# Lazily expanded: pkg-config runs after scripts/deps.sh installed the packages.
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+WARN       = -Wall -Wextra -Wstrict-prototypes -Wwrite-strings -Wmissing-prototypes \
+             -Wshadow -Wno-unused-parameter $(WERROR)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -MMD -MP \
+             -Iprotocol -Idaemon -Iclients/libpop3filter $(PKG_CFLAGS) $(CFLAGS)
+LDLIBS     = -lev $(PKG_LIBS) -lm
+
+obj = $(patsubst %.c,build/%.o,$(1))
+
+# --- the wire codec (protocol/) -------------------------------------------
+PROTO_SRC := $(wildcard protocol/*.c)
+PROTO_LIB := build/libfp.a
+
+# --- the daemon (daemon/): everything but main.c is the embeddable core ----
+CORE_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+CORE_LIB := build/libproxy.a
+
+# --- the filter library (clients/libpop3filter/) --------------------------
+FLIB_SRC := $(wildcard clients/libpop3filter/*.c)
+FLIB_A   := build/libpop3filter.a
+FLIB_SO  := build/libpop3filter.so
+
+# --- programs: bin/pop3proxyd, and one per clients/<name>/ or tests/bench/<name>/
+CLIENT_PROGS := $(notdir $(patsubst %/,%,$(filter-out clients/libpop3filter/,$(wildcard clients/*/))))
+BENCH_PROGS  := $(notdir $(patsubst %/,%,$(wildcard tests/bench/*/)))
+PROGS := bin/pop3proxyd $(addprefix bin/,$(CLIENT_PROGS)) $(addprefix bin/,$(BENCH_PROGS))
+
+# --- unit tests: tests/unit/test_*.c, each a program linking the libraries -
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRC))
+
+.PHONY: all deps test unit integration run install clean
+.DEFAULT_GOAL := all
+
+all: $(PROGS) $(if $(FLIB_SRC),$(FLIB_A) $(FLIB_SO))
+
+build/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(PROTO_LIB): $(call obj,$(PROTO_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(CORE_LIB): $(call obj,$(CORE_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(FLIB_A): $(call obj,$(FLIB_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(FLIB_SO): $(call obj,$(FLIB_SRC)) $(PROTO_LIB)
+	$(CC) -shared -Wl,-soname,libpop3filter.so.1 -o $@ $(call obj,$(FLIB_SRC)) $(PROTO_LIB) $(LDFLAGS) $(LDLIBS)
+
+bin/pop3proxyd: build/daemon/main.o $(CORE_LIB) $(PROTO_LIB)
+	@mkdir -p bin
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# A client program is every .c file of its folder, plus the libraries.
+define client_prog
+bin/$(1): $(call obj,$(wildcard clients/$(1)/*.c)) $(FLIB_A) $(PROTO_LIB)
+	@mkdir -p bin
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach p,$(CLIENT_PROGS),$(eval $(call client_prog,$(p))))
+
+define bench_prog
+bin/$(1): $(call obj,$(wildcard tests/bench/$(1)/*.c)) $(CORE_LIB) $(PROTO_LIB)
+	@mkdir -p bin
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach p,$(BENCH_PROGS),$(eval $(call bench_prog,$(p))))
+
+build/tests/%: build/tests/unit/%.o $(CORE_LIB) $(if $(FLIB_SRC),$(FLIB_A)) $(PROTO_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+deps:
+	@scripts/deps.sh build
+
+# make test: install what is missing, build, run every test.
+test:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory all $(UNIT_BIN)
+	@$(MAKE) --no-print-directory unit integration
+
+unit: $(UNIT_BIN)
+	@scripts/run-unit.sh $(UNIT_BIN)
+
+integration: all
+	@mkdir -p build/test-logs
+	cd tests/integration && $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# make run: the main job. Build, then run the proxy (and the reference filter
+# once it exists) in the foreground with working defaults.
+run:
+	@scripts/deps.sh run
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh
+
+install: all
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)
