@@ -1,0 +1,29 @@
+/* buffer.h: a growable byte buffer with a read offset, the unit of all
+ * connection I/O. Consuming from the front is O(1); space is reclaimed lazily. */
+#ifndef BUFFER_H
+#define BUFFER_H
+
+#include <stddef.h>
+
+struct buf {
+	char *data;
+	size_t off;	/* first unread byte */
+	size_t len;	/* bytes from off on */
+	size_t cap;
+};
+
+#define buf_ptr(b) ((b)->data + (b)->off)
+
+void buf_free(struct buf *);
+/* Space for at least n more bytes at buf_tail(); returns it or NULL on ENOMEM. */
+char *buf_reserve(struct buf *, size_t n);
+#define buf_tail(b) ((b)->data + (b)->off + (b)->len)
+#define buf_commit(b, n) ((b)->len += (n))
+int buf_append(struct buf *, const void *p, size_t n);
+/* Drop n bytes from the front. */
+void buf_consume(struct buf *, size_t n);
+/* Release memory above `keep` bytes of capacity once the buffer is empty, so
+ * that an idle session does not sit on a large buffer. */
+void buf_shrink(struct buf *, size_t keep);
+
+#endif

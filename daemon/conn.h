@@ -1,0 +1,64 @@
+/* conn.h: one non-blocking socket with its watchers and buffers. The owner
+ * says what it wants (read or not); conn arms watchers to match, nothing more.
+ *
+ * Invariants: the write watcher runs only while output is pending (or an
+ * error is waiting to be reported); the read watcher runs only while the
+ * owner wants input and the input buffer is below its high-water mark. */
+#ifndef CONN_H
+#define CONN_H
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "buffer.h"
+
+struct conn;
+
+enum conn_event {
+	CONN_DATA,	/* new bytes in c->in */
+	CONN_LOWAT,	/* output fell below the low-water mark after being high */
+	CONN_DRAINED,	/* output fully written */
+	CONN_EOF,	/* peer closed its side; c->in may still hold bytes */
+	CONN_ERROR,	/* read or write failed; c->err is errno */
+};
+
+typedef void (*conn_cb)(struct conn *, enum conn_event, void *arg);
+
+#define CONN_IN_HWM	(256 * 1024)	/* stop reading above this */
+#define CONN_OUT_HWM	(256 * 1024)	/* owner should stop feeding above this */
+
+struct conn {
+	struct ev_loop *loop;
+	int fd;
+	ev_io rw, ww;
+	struct buf in, out;
+	conn_cb cb;
+	void *arg;
+	size_t in_hwm;
+	uint64_t bytes_in, bytes_out;
+	int err;
+	unsigned want_read:1, eof:1, failed:1, out_high:1, notify_drain:1;
+};
+
+void conn_init(struct conn *, struct ev_loop *, int fd, conn_cb, void *arg);
+/* Stop watchers, close the socket, free buffers. Safe to call twice. */
+void conn_close(struct conn *);
+#define conn_is_open(c) ((c)->fd >= 0)
+
+/* Queue bytes; written at once when nothing is pending (no copy then).
+ * Returns -1 if the connection has failed or memory ran out. */
+int conn_write(struct conn *, const void *p, size_t n);
+int conn_printf(struct conn *, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+#define conn_out_pending(c) ((c)->out.len)
+
+/* The owner's wish to read; watchers are rearmed at once. */
+void conn_want_read(struct conn *, int want);
+/* Re-evaluate the read watcher after the owner consumed from c->in. */
+void conn_update(struct conn *);
+
+/* Switch a connected socket to the mode a proxy wants: non-blocking,
+ * TCP_NODELAY (each reply goes out at once: no Nagle/delayed-ACK stall). */
+int conn_socket_setup(int fd);
+
+#endif

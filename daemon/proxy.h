@@ -1,0 +1,62 @@
+/* proxy.h: the daemon core as an embeddable object: new / run / cleanup,
+ * the original module's constructor, looper() and cleanup(FORCE). */
+#ifndef PROXY_H
+#define PROXY_H
+
+#include <ev.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "config.h"
+
+struct session;
+struct listener;
+struct resolver;
+struct filter_chain;
+
+struct ipcount;
+
+struct proxy {
+	struct ev_loop *loop;
+	const struct config *cfg;
+	struct listener *listeners[CONFIG_MAX_LISTEN];
+	int nlisteners;
+	struct resolver *resolver;
+	struct filter_chain *filters;	/* NULL: no filtering */
+
+	struct session *sessions;	/* all live sessions */
+	int nsessions;
+	struct session *dead;		/* ended, freed from the reaper */
+	ev_prepare reaper;
+	struct ipcount *per_ip;
+
+	ev_signal sigterm, sigint, sighup;
+	ev_timer grace_timer;
+	int stopping;			/* 0 running, 1 graceful, 2 forced */
+	uint64_t sid_counter;
+	uint64_t held_bytes;		/* messages held for filters, all sessions */
+
+	/* Local addresses, for refusing routing loops to ourselves. */
+	struct sockaddr_storage *local_addrs;
+	int nlocal;
+};
+
+/* Bind the listeners and set everything up; NULL (logged) on failure. */
+struct proxy *proxy_new(struct ev_loop *loop, const struct config *cfg);
+/* Run until cleanup has finished its work. Returns 0. */
+int proxy_run(struct proxy *);
+/*
+ * Stop. force == 0: stop accepting, let open sessions finish within the
+ * grace period, then close what is left. force == 1: close everything now.
+ */
+void proxy_cleanup(struct proxy *, int force);
+void proxy_free(struct proxy *);
+
+/* Is ss (with port) one of our own listening addresses? */
+int proxy_is_self(const struct proxy *, const struct sockaddr *ss);
+
+/* Used by sessions. */
+void proxy_session_gone(struct proxy *, struct session *);
+const char *proxy_next_sid(struct proxy *, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,1278 @@
+/* session.c: the per-client POP3 state machine: the proxy's own dialogue
+ * before login, the routed login, then in-order relaying of pipelined
+ * commands and their replies. The RETR hold for filters lives in retr.c. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "base64.h"
+#include "log.h"
+#include "proxy.h"
+#include "retr.h"
+#include "session.h"
+
+#define PQ_MAX		4096	/* commands awaiting replies, per session */
+#define MAX_ERRORS	10	/* protocol errors in a row before we hang up */
+#define MAX_LOGINS	5	/* failed logins before we hang up */
+#define LINGER		5.0	/* seconds to flush a goodbye to a slow client */
+#define CAPBUF_MAX	16384
+
+static const char capa_prelogin[] =
+    "+OK Capability list follows\r\n"
+    "USER\r\n"
+    "SASL PLAIN\r\n"
+    "PIPELINING\r\n"
+    "TOP\r\n"
+    "UIDL\r\n"
+    "RESP-CODES\r\n"
+    "AUTH-RESP-CODE\r\n"
+    "IMPLEMENTATION pop3proxyd\r\n"
+    ".\r\n";
+
+static void session_client_cb(struct conn *, enum conn_event, void *);
+static void session_up_cb(struct conn *, enum conn_event, void *);
+static void session_client_input(struct session *);
+static void session_update(struct session *);
+static void session_login_step(struct session *);
+static void session_client_line(struct session *, const char *, size_t);
+
+static const char *const state_names[] = {
+	"AUTH", "SASL", "LOGIN", "WAIT_PASS", "PASS", "FIXED", "TRANSACTION",
+	"CLOSING",
+};
+
+static void
+session_enter(struct session *s, enum session_state st)
+{
+	if (s->state != st)
+		log_debug(s->sid, "state %s -> %s", state_names[s->state],
+		    state_names[st]);
+	s->state = st;
+}
+
+/* --- secrets ----------------------------------------------------------- */
+
+static void
+wipe_free(char **p)
+{
+	if (*p != NULL) {
+		explicit_bzero(*p, strlen(*p));
+		free(*p);
+		*p = NULL;
+	}
+}
+
+/* --- the queue of commands awaiting replies ----------------------------- */
+
+static struct pending *
+pq_at(struct session *s, uint32_t i)
+{
+	return &s->pq[(s->pq_head + i) % s->pq_cap];
+}
+
+static struct pending *
+pq_push(struct session *s, enum pend_kind kind, int multi)
+{
+	if (s->pq_len == s->pq_cap) {
+		uint32_t cap = s->pq_cap ? s->pq_cap * 2 : 8;
+		struct pending *n = malloc(cap * sizeof(*n));
+		if (n == NULL)
+			return NULL;
+		for (uint32_t i = 0; i < s->pq_len; i++)
+			n[i] = *pq_at(s, i);
+		free(s->pq);
+		s->pq = n;
+		s->pq_head = 0;
+		s->pq_cap = cap;
+	}
+	struct pending *p = &s->pq[(s->pq_head + s->pq_len++) % s->pq_cap];
+	memset(p, 0, sizeof(*p));
+	p->kind = (uint8_t)kind;
+	p->multi = (uint8_t)multi;
+	return p;
+}
+
+static void
+pq_pop(struct session *s)
+{
+	s->pq_head = (s->pq_head + 1) % s->pq_cap;
+	s->pq_len--;
+	if (s->pq_sent > 0)
+		s->pq_sent--;
+	s->rp_active = 0;
+	if (s->pq_len == 0) {
+		/* An idle session keeps no queue memory. */
+		free(s->pq);
+		s->pq = NULL;
+		s->pq_cap = s->pq_head = 0;
+	}
+}
+
+static void
+pq_clear(struct session *s)
+{
+	free(s->pq);
+	s->pq = NULL;
+	s->pq_cap = s->pq_head = s->pq_len = s->pq_sent = 0;
+	s->rp_active = 0;
+	buf_free(&s->unsent);
+}
+
+/* Replies still owed by the server: sent entries that are not P_LOCAL. */
+static int
+pq_upstream_owed(struct session *s)
+{
+	for (uint32_t i = 0; i < s->pq_sent; i++)
+		if (pq_at(s, i)->kind != P_LOCAL)
+			return 1;
+	return 0;
+}
+
+/*
+ * Send queued commands upstream, in order. A server that did not offer
+ * PIPELINING gets one command at a time: the proxy pipelines for it.
+ */
+static void
+pq_flush(struct session *s)
+{
+	while (s->pq_sent < s->pq_len) {
+		struct pending *p = pq_at(s, s->pq_sent);
+		if (p->kind != P_LOCAL && p->unsent > 0) {
+			if (!s->up_pipelining && pq_upstream_owed(s))
+				return;
+			conn_write(&s->up, buf_ptr(&s->unsent), p->unsent);
+			buf_consume(&s->unsent, p->unsent);
+			p->unsent = 0;
+		}
+		s->pq_sent++;
+	}
+	buf_shrink(&s->unsent, 0);
+}
+
+/* Queue a command for upstream; `line` is sent with CRLF, whatever the
+ * client used. */
+static struct pending *
+session_send(struct session *s, enum pend_kind kind, int multi,
+    const char *line, size_t len)
+{
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	struct pending *p = pq_push(s, kind, multi);
+	if (p == NULL)
+		return NULL;
+	if (buf_append(&s->unsent, line, len) < 0 ||
+	    buf_append(&s->unsent, "\r\n", 2) < 0) {
+		s->pq_len--;
+		return NULL;
+	}
+	p->unsent = (uint32_t)(len + 2);
+	pq_flush(s);
+	return p;
+}
+
+/* The proxy's own reply: at once if nothing is owed to the client before
+ * it, else queued so that replies stay in order. */
+static void
+session_reply(struct session *s, const char *text)
+{
+	if (s->pq_len == 0) {
+		conn_write(&s->client, text, strlen(text));
+		return;
+	}
+	struct pending *p = pq_push(s, P_LOCAL, 0);
+	if (p == NULL) {
+		session_end(s, "out of memory", NULL);
+		return;
+	}
+	p->local = text;
+	pq_flush(s);
+}
+
+static void
+session_replyf(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+session_replyf(struct session *s, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	/* Only used where nothing is queued: formatted text is not kept. */
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = sizeof(line) - 3;
+	memcpy(line + n, "\r\n", 3);
+	conn_write(&s->client, line, (size_t)n + 2);
+}
+
+/* --- life and death ---------------------------------------------------- */
+
+static void
+session_drop_upstream(struct session *s)
+{
+	upstream_abort(&s->uc);
+	/* Never QUIT on the client's behalf: QUIT commits DELE. */
+	conn_close(&s->up);
+	pq_clear(s);
+	retr_abort(s);
+	buf_free(&s->capbuf);
+	ev_timer_stop(s->px->loop, &s->uptimer);
+	wipe_free(&s->secret);
+	wipe_free(&s->sasl_up);
+}
+
+static void
+session_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct session *s = w->data;
+
+	/* Waiting for the server or a filter is not the client being idle. */
+	if (s->pq_len > 0 && s->client.out.len == 0 && s->state != S_CLOSING) {
+		ev_timer_again(loop, w);
+		return;
+	}
+	log_info(s->sid, "client idle for %.0f s", s->px->cfg->idle_timeout);
+	session_end(s, "idle timeout",
+	    "-ERR [SYS/TEMP] disconnected for inactivity\r\n");
+}
+
+static void
+session_uptimer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct session *s = w->data;
+
+	log_warn(s->sid, "server %s:%u silent for %.0f s", s->rt.host,
+	    s->rt.port, s->px->cfg->upstream_timeout);
+	session_end(s, "server timeout",
+	    s->rp_active && s->rp.state != 0 ? NULL :
+	    "-ERR [SYS/TEMP] the mail server did not answer in time\r\n");
+}
+
+static void
+session_linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct session *s = w->data;
+
+	log_debug(s->sid, "client did not take its last reply in time");
+	conn_close(&s->client);
+	proxy_session_gone(s->px, s);
+}
+
+struct session *
+session_new(struct proxy *px, int fd, const struct sockaddr_storage *peer,
+    socklen_t len)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (s == NULL)
+		return NULL;
+	s->px = px;
+	proxy_next_sid(px, s->sid, sizeof(s->sid));
+	memcpy(&s->peer, peer, len < sizeof(s->peer) ? len : sizeof(s->peer));
+	sockaddr_format((struct sockaddr *)&s->peer, s->peer_text,
+	    sizeof(s->peer_text));
+	s->started = ev_now(px->loop);
+	conn_init(&s->client, px->loop, fd, session_client_cb, s);
+	conn_init(&s->up, px->loop, -1, session_up_cb, s);
+	s->client.in_hwm = 64 * 1024;
+	ev_init(&s->idle, session_idle_cb);
+	s->idle.repeat = px->cfg->idle_timeout;
+	ev_init(&s->uptimer, session_uptimer_cb);
+	s->uptimer.repeat = px->cfg->upstream_timeout;
+	ev_init(&s->linger, session_linger_cb);
+	s->idle.data = s->uptimer.data = s->linger.data = s;
+	ev_timer_again(px->loop, &s->idle);
+	return s;
+}
+
+static void session_connected(void *arg, int fd, const char *err);
+
+/* After the proxy has registered the session: greet or connect. */
+void
+session_start(struct session *s)
+{
+	log_info(s->sid, "connect from %s", s->peer_text);
+	if (s->px->cfg->fixed) {
+		s->rt = s->px->cfg->upstream;
+		s->routed = 1;
+		session_enter(s, S_FIXED);
+		if (upstream_start(&s->uc, s->px, s->sid, &s->rt, 0,
+		    session_connected, s) < 0) {
+			session_end(s, "out of memory", "-ERR [SYS/TEMP] out of memory\r\n");
+			return;
+		}
+		/* Client commands wait for the server's greeting. */
+		conn_want_read(&s->client, 1);
+		return;
+	}
+	session_enter(s, S_AUTH);
+	session_replyf(s, "+OK %s", s->px->cfg->greeting);
+	conn_want_read(&s->client, 1);
+}
+
+void
+session_end(struct session *s, const char *reason, const char *client_line)
+{
+	if (s->state == S_CLOSING)
+		return;
+	session_enter(s, S_CLOSING);
+	s->end_reason = reason;
+	session_drop_upstream(s);
+	ev_timer_stop(s->px->loop, &s->idle);
+	if (client_line != NULL && conn_is_open(&s->client))
+		conn_write(&s->client, client_line, strlen(client_line));
+	conn_want_read(&s->client, 0);
+	if (conn_is_open(&s->client) && conn_out_pending(&s->client) > 0 &&
+	    !s->client.failed) {
+		/* Flush the goodbye; CONN_DRAINED or the linger timer frees. */
+		ev_timer_set(&s->linger, LINGER, 0);
+		ev_timer_start(s->px->loop, &s->linger);
+		return;
+	}
+	conn_close(&s->client);
+	proxy_session_gone(s->px, s);
+}
+
+void
+session_free(struct session *s)
+{
+	double dur = ev_now(s->px->loop) - s->started;
+
+	log_info(s->sid, "session end: client=%s user=%s upstream=%s:%u msgs=%u "
+	    "bytes_up=%llu bytes_down=%llu duration=%.3fs reason=%s",
+	    s->peer_text, s->routed && s->rt.user[0] ? s->rt.user : "-",
+	    s->routed ? s->rt.host : "-", s->routed ? s->rt.port : 0, s->msgs,
+	    (unsigned long long)s->up.bytes_out,
+	    (unsigned long long)s->client.bytes_out, dur,
+	    s->end_reason ? s->end_reason : "?");
+	session_drop_upstream(s);
+	ev_timer_stop(s->px->loop, &s->idle);
+	ev_timer_stop(s->px->loop, &s->linger);
+	conn_close(&s->client);
+	conn_close(&s->up);
+	buf_free(&s->msg);
+	free(s);
+}
+
+/* --- watchers: backpressure in one place ---------------------------------- */
+
+/*
+ * Read from the client while its commands can go somewhere; read from the
+ * server while the client keeps up. The upstream timer runs only while the
+ * server owes a reply that nothing on our side is holding back.
+ */
+static void
+session_update(struct session *s)
+{
+	if (s->state == S_CLOSING)
+		return;
+	int client_slow = conn_out_pending(&s->client) >= CONN_OUT_HWM;
+	int up_open = conn_is_open(&s->up);
+
+	conn_want_read(&s->client, !s->quit_sent &&
+	    (!up_open || conn_out_pending(&s->up) < CONN_OUT_HWM));
+	if (up_open)
+		conn_want_read(&s->up, !client_slow && retr_may_read(s));
+
+	int due = up_open && pq_upstream_owed(s) && !client_slow &&
+	    !s->hold_waiting;
+	if (due && !ev_is_active(&s->uptimer))
+		ev_timer_again(s->px->loop, &s->uptimer);
+	else if (!due && ev_is_active(&s->uptimer))
+		ev_timer_stop(s->px->loop, &s->uptimer);
+}
+
+/* --- routing-mode login --------------------------------------------------- */
+
+static void
+session_login_failed(struct session *s, const char *line, size_t len)
+{
+	session_drop_upstream(s);
+	session_enter(s, S_AUTH);
+	if (line != NULL)
+		conn_write(&s->client, line, len);
+	if (++s->logins >= MAX_LOGINS)
+		session_end(s, "too many failed logins", NULL);
+}
+
+static void
+session_connected(void *arg, int fd, const char *err)
+{
+	struct session *s = arg;
+
+	if (fd < 0) {
+		if (s->state == S_FIXED) {
+			char line[600];
+			snprintf(line, sizeof(line), "-ERR %s\r\n", err);
+			session_end(s, "cannot reach server", line);
+			return;
+		}
+		char line[600];
+		int n = snprintf(line, sizeof(line), "-ERR %s\r\n", err);
+		session_login_failed(s, line, (size_t)n);
+		session_client_input(s);
+		session_update(s);
+		return;
+	}
+	log_info(s->sid, "server %s:%u connected (%s)", s->rt.host, s->rt.port,
+	    s->uc.peer);
+	conn_init(&s->up, s->px->loop, fd, session_up_cb, s);
+	/* The greeting is a reply to no command: queue it as already sent. */
+	struct pending *p = pq_push(s, s->state == S_FIXED ? P_FIXED_GREETING :
+	    P_GREETING, 0);
+	if (p == NULL) {
+		session_end(s, "out of memory", "-ERR [SYS/TEMP] out of memory\r\n");
+		return;
+	}
+	s->pq_sent = 1;
+	session_update(s);
+	if (s->state == S_FIXED)
+		session_client_input(s);	/* commands sent before we connected */
+}
+
+/* Remember what the server can do, from its CAPA (before login). */
+static void
+session_parse_upcapa(struct session *s)
+{
+	const char *p = buf_ptr(&s->capbuf), *end = p + s->capbuf.len;
+
+	while (p < end) {
+		const char *lf = memchr(p, '\n', (size_t)(end - p));
+		size_t n = lf ? (size_t)(lf - p) : (size_t)(end - p);
+		size_t k = n;
+		if (k > 0 && p[k - 1] == '\r')
+			k--;
+		if (k == 10 && strncasecmp(p, "PIPELINING", 10) == 0)
+			s->up_pipelining = 1;
+		if (k > 5 && strncasecmp(p, "SASL ", 5) == 0) {
+			for (size_t i = 5; i + 5 <= k; i++)
+				if (strncasecmp(p + i, "PLAIN", 5) == 0 &&
+				    p[i - 1] == ' ' && (i + 5 == k || p[i + 5] == ' '))
+					s->up_sasl_plain = 1;
+		}
+		p += n + 1;
+	}
+	buf_free(&s->capbuf);
+}
+
+static void
+session_login_step(struct session *s)
+{
+	char line[POP3_AUTH_MAX + 32];
+	int n;
+
+	if (!s->sasl_route) {
+		n = snprintf(line, sizeof(line), "USER %s", s->rt.user);
+		session_send(s, P_LOGIN_USER, 0, line, (size_t)n);
+	} else if (s->up_sasl_plain || !s->up_capa_ok) {
+		n = snprintf(line, sizeof(line), "AUTH PLAIN %s", s->sasl_up);
+		session_send(s, P_LOGIN_PASS, 0, line, (size_t)n);
+		explicit_bzero(line, sizeof(line));
+		wipe_free(&s->sasl_up);
+	} else {
+		/* The server takes no SASL PLAIN: log in with USER and PASS. */
+		n = snprintf(line, sizeof(line), "USER %s", s->rt.user);
+		session_send(s, P_FB_USER, 0, line, (size_t)n);
+	}
+}
+
+static void
+session_route(struct session *s, const char *name, size_t len)
+{
+	const char *err;
+
+	if (route_parse(name, len, 110, &s->rt, &err) < 0) {
+		log_info(s->sid, "login refused: %s", err);
+		session_replyf(s, "-ERR %s (log in as user%%host[:port])", err);
+		if (++s->errors >= MAX_ERRORS)
+			session_end(s, "too many errors", NULL);
+		return;
+	}
+	s->routed = 1;
+	log_info(s->sid, "user %s routed to %s:%u", s->rt.user, s->rt.host,
+	    s->rt.port);
+	session_enter(s, S_LOGIN);
+	if (upstream_start(&s->uc, s->px, s->sid, &s->rt, 1, session_connected,
+	    s) < 0)
+		session_end(s, "out of memory", "-ERR [SYS/TEMP] out of memory\r\n");
+}
+
+/* AUTH PLAIN data: authzid NUL authcid NUL password, routed by authcid. */
+static void
+session_sasl_plain(struct session *s, const char *b64, size_t len)
+{
+	unsigned char dec[POP3_AUTH_MAX];
+	ssize_t n = base64_decode(b64, len, dec, sizeof(dec) - 1);
+	const char *err = NULL;
+
+	session_enter(s, S_AUTH);
+	if (n < 0) {
+		err = "-ERR [AUTH] invalid base64 in AUTH PLAIN\r\n";
+		goto fail;
+	}
+	unsigned char *z1 = memchr(dec, '\0', (size_t)n);
+	unsigned char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t)(dec + n - z1 - 1)) : NULL;
+	if (z1 == NULL || z2 == NULL ||
+	    memchr(z2 + 1, '\0', (size_t)(dec + n - z2 - 1)) != NULL ||
+	    z2 == z1 + 1) {
+		err = "-ERR [AUTH] malformed AUTH PLAIN response\r\n";
+		goto fail;
+	}
+	const char *authzid = (const char *)dec, *authcid = (const char *)z1 + 1;
+	const char *pass = (const char *)z2 + 1;
+	size_t zlen = (size_t)(z1 - dec), clen = (size_t)(z2 - z1 - 1);
+	size_t plen = (size_t)(dec + n - z2 - 1);
+
+	if (route_parse(authcid, clen, 110, &s->rt, &err) < 0) {
+		log_info(s->sid, "AUTH PLAIN login refused: %s", err);
+		char line[300];
+		int k = snprintf(line, sizeof(line),
+		    "-ERR %s (authenticate as user%%host[:port])\r\n", err);
+		conn_write(&s->client, line, (size_t)k);
+		err = NULL;
+		goto fail_quiet;
+	}
+	/* The authorization identity loses its route too, if it has one. */
+	struct route az;
+	const char *zerr;
+	size_t ulen = strlen(s->rt.user), azlen = 0;
+	const char *azname = "";
+	if (zlen > 0 && !(zlen == clen && memcmp(authzid, authcid, zlen) == 0)) {
+		if (route_parse(authzid, zlen, 110, &az, &zerr) == 0) {
+			azname = az.user;
+			azlen = strlen(az.user);
+		} else {
+			azname = authzid;
+			azlen = zlen;
+		}
+	}
+	unsigned char plain[POP3_AUTH_MAX];
+	size_t pl = azlen + 1 + ulen + 1 + plen;
+	if (pl > sizeof(plain) || BASE64_ENCODED_LEN(pl) + 1 > POP3_AUTH_MAX) {
+		err = "-ERR [AUTH] AUTH PLAIN response too long\r\n";
+		goto fail;
+	}
+	memcpy(plain, azname, azlen);
+	plain[azlen] = '\0';
+	memcpy(plain + azlen + 1, s->rt.user, ulen);
+	plain[azlen + 1 + ulen] = '\0';
+	memcpy(plain + azlen + ulen + 2, pass, plen);
+	s->sasl_up = malloc(BASE64_ENCODED_LEN(pl) + 1);
+	s->secret = strndup(pass, plen);
+	if (s->sasl_up == NULL || s->secret == NULL) {
+		explicit_bzero(plain, sizeof(plain));
+		err = "-ERR [SYS/TEMP] out of memory\r\n";
+		goto fail;
+	}
+	base64_encode(plain, pl, s->sasl_up);
+	explicit_bzero(plain, sizeof(plain));
+	explicit_bzero(dec, sizeof(dec));
+	s->sasl_route = 1;
+	s->routed = 1;
+	log_info(s->sid, "user %s routed to %s:%u (AUTH PLAIN)", s->rt.user,
+	    s->rt.host, s->rt.port);
+	session_enter(s, S_LOGIN);
+	if (upstream_start(&s->uc, s->px, s->sid, &s->rt, 1, session_connected,
+	    s) < 0)
+		session_end(s, "out of memory", "-ERR [SYS/TEMP] out of memory\r\n");
+	return;
+fail:
+	log_info(s->sid, "AUTH PLAIN refused: %.*s", (int)strlen(err) - 7, err + 5);
+	conn_write(&s->client, err, strlen(err));
+fail_quiet:
+	explicit_bzero(dec, sizeof(dec));
+	s->routed = 0;
+	if (++s->errors >= MAX_ERRORS)
+		session_end(s, "too many errors", NULL);
+}
+
+static void
+session_auth_cmd(struct session *s, const struct cmd *c)
+{
+	const char *a = c->args;
+	size_t n = c->args_len;
+
+	if (n == 0) {
+		session_reply(s, "+OK\r\nPLAIN\r\n.\r\n");
+		return;
+	}
+	size_t m = 0;
+	while (m < n && a[m] != ' ')
+		m++;
+	if (m != 5 || strncasecmp(a, "PLAIN", 5) != 0) {
+		session_reply(s, "-ERR unsupported authentication mechanism "
+		    "(this proxy offers PLAIN)\r\n");
+		return;
+	}
+	if (m == n) {
+		session_enter(s, S_SASL);
+		conn_write(&s->client, "+ \r\n", 4);
+		return;
+	}
+	a += m + 1;
+	n -= m + 1;
+	if (n == 1 && a[0] == '=')
+		n = 0;	/* RFC 5034: "=" is an empty initial response */
+	session_sasl_plain(s, a, n);
+}
+
+static int
+client_is_loopback(const struct session *s)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&s->peer;
+
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr)
+		    >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (IN6_IS_ADDR_LOOPBACK(a))
+			return 1;
+		if (IN6_IS_ADDR_V4MAPPED(a))
+			return a->s6_addr[12] == 127;
+	}
+	return 0;
+}
+
+/* The proxy's own dialogue before login (routing mode). */
+static void
+session_prelogin(struct session *s, const struct cmd *c, const char *line,
+    size_t len)
+{
+	switch (c->id) {
+	case CMD_CAPA:
+		session_reply(s, capa_prelogin);
+		break;
+	case CMD_USER:
+		if (s->state == S_WAIT_PASS) {
+			session_drop_upstream(s);
+			session_enter(s, S_AUTH);
+		}
+		session_route(s, c->args, c->args_len);
+		break;
+	case CMD_AUTH:
+		if (s->state == S_WAIT_PASS) {
+			session_drop_upstream(s);
+			session_enter(s, S_AUTH);
+		}
+		session_auth_cmd(s, c);
+		break;
+	case CMD_PASS:
+		if (s->state != S_WAIT_PASS) {
+			session_reply(s, "-ERR send USER user%host first\r\n");
+			break;
+		}
+		session_enter(s, S_PASS);
+		session_send(s, P_LOGIN_PASS, 0, line, len);
+		break;
+	case CMD_QUIT:
+		session_end(s, "quit", "+OK bye\r\n");
+		break;
+	case CMD_APOP:
+		session_reply(s, "-ERR APOP cannot be routed: log in with "
+		    "USER user%host[:port] and PASS\r\n");
+		break;
+	case CMD_STLS:
+		session_reply(s, "-ERR STLS is not available here\r\n");
+		break;
+	case CMD_SHUTDOWN:
+		if (s->px->cfg->admin_shutdown && client_is_loopback(s) &&
+		    s->state == S_AUTH) {
+			log_notice(s->sid, "SHUTDOWN from %s", s->peer_text);
+			session_end(s, "shutdown command", "+OK shutting down\r\n");
+			proxy_cleanup(s->px, 0);
+			break;
+		}
+		if (s->px->cfg->admin_shutdown)
+			log_notice(s->sid, "SHUTDOWN refused from %s", s->peer_text);
+		session_reply(s, "-ERR unknown command\r\n");
+		break;
+	case CMD_UNKNOWN:
+		session_reply(s, "-ERR unknown command\r\n");
+		break;
+	default:
+		session_reply(s, s->state == S_WAIT_PASS ?
+		    "-ERR send PASS\r\n" : "-ERR log in first\r\n");
+		break;
+	}
+}
+
+/* --- relaying ------------------------------------------------------------ */
+
+static void
+session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
+    size_t len)
+{
+	enum pend_kind kind = P_RELAY;
+	long msgno = 0;
+
+	switch (c->id) {
+	case CMD_QUIT:
+		kind = P_QUIT;
+		s->quit_sent = 1;
+		break;
+	case CMD_CAPA:
+		kind = P_CAPA;
+		break;
+	case CMD_STLS:
+		session_reply(s, "-ERR STLS is not available here\r\n");
+		return;
+	case CMD_RETR:
+		msgno = pop3_msgno(c->args, c->args_len);
+		kind = msgno > 0 ? P_RETR : P_RELAY;
+		break;
+	case CMD_PASS:
+	case CMD_APOP:
+		if (s->state == S_FIXED)
+			kind = P_FIXED_LOGIN;
+		break;
+	case CMD_AUTH:
+		if (s->state == S_FIXED && c->args_len > 0)
+			kind = P_FIXED_AUTH;
+		break;
+	case CMD_USER:
+		if (s->state == S_FIXED && c->args_len < ROUTE_USER_MAX) {
+			memcpy(s->rt.user, c->args, c->args_len);
+			s->rt.user[c->args_len] = '\0';
+		}
+		break;
+	default:
+		break;
+	}
+	/* Only the keyword: arguments may be secrets. */
+	log_debug(s->sid, "C: %.*s", (int)c->name_len, c->name);
+	struct pending *p = session_send(s, kind, c->multi, line, len);
+	if (p == NULL) {
+		session_end(s, "out of memory", NULL);
+		return;
+	}
+	p->msgno = (uint32_t)msgno;
+}
+
+static void
+session_client_line(struct session *s, const char *line, size_t len)
+{
+	struct cmd c;
+
+	if (s->state == S_SASL) {
+		size_t n = len;
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			n--;
+		if (n == 1 && line[0] == '*') {
+			session_enter(s, S_AUTH);
+			session_reply(s, "-ERR AUTH cancelled\r\n");
+			return;
+		}
+		session_sasl_plain(s, line, n);
+		return;
+	}
+	if (pop3_cmd_parse(line, len, &c) < 0) {
+		session_reply(s, "-ERR invalid command line\r\n");
+		if (++s->errors >= MAX_ERRORS)
+			session_end(s, "too many errors",
+			    "-ERR too many errors, bye\r\n");
+		return;
+	}
+	if (c.id != CMD_UNKNOWN)
+		s->errors = 0;
+	if (s->state == S_AUTH || s->state == S_WAIT_PASS)
+		session_prelogin(s, &c, line, len);
+	else
+		session_relay_cmd(s, &c, line, len);
+}
+
+/* Is the head of the queue a fixed-mode AUTH waiting for client data? */
+static struct pending *
+session_sasl_turn(struct session *s)
+{
+	for (uint32_t i = 0; i < s->pq_len; i++) {
+		struct pending *p = pq_at(s, i);
+		if (p->kind == P_FIXED_AUTH)
+			return p;
+	}
+	return NULL;
+}
+
+static void
+session_client_input(struct session *s)
+{
+	struct buf *in = &s->client.in;
+
+	while (in->len > 0 && s->state != S_CLOSING) {
+		if (s->state == S_LOGIN || s->state == S_PASS || s->quit_sent)
+			break;
+		if ((s->state == S_TRANSACTION || s->state == S_FIXED) &&
+		    s->pq_len >= PQ_MAX)
+			break;
+		if (s->state == S_FIXED && !conn_is_open(&s->up))
+			break;	/* not connected yet */
+
+		const char *p = buf_ptr(in);
+		struct pending *auth = NULL;
+		if (s->state == S_FIXED || s->state == S_TRANSACTION) {
+			auth = session_sasl_turn(s);
+			if (auth != NULL && !auth->sasl_wait)
+				break;	/* wait for the server's challenge */
+		}
+		size_t max = POP3_CMD_MAX;
+		if (auth != NULL || s->state == S_SASL ||
+		    (in->len >= 5 && strncasecmp(p, "AUTH ", 5) == 0))
+			max = POP3_AUTH_MAX;
+
+		if (s->discard) {
+			const char *lf = memchr(p, '\n', in->len);
+			if (lf == NULL) {
+				buf_consume(in, in->len);
+				break;
+			}
+			buf_consume(in, (size_t)(lf - p) + 1);
+			s->discard = 0;
+			continue;
+		}
+		long n = pop3_line_len(p, in->len, max);
+		if (n == 0)
+			break;
+		if (n < 0) {
+			log_info(s->sid, "client line over %zu octets refused", max);
+			s->discard = 1;
+			buf_consume(in, in->len);
+			if (s->state == S_SASL)
+				session_enter(s, S_AUTH);
+			session_reply(s, "-ERR line too long\r\n");
+			if (++s->errors >= MAX_ERRORS)
+				session_end(s, "too many errors",
+				    "-ERR too many errors, bye\r\n");
+			continue;
+		}
+		if (auth != NULL) {
+			/* SASL data for the server: relayed raw, not a command. */
+			auth->sasl_wait = 0;
+			size_t k = (size_t)n;
+			while (k > 0 && (p[k - 1] == '\n' || p[k - 1] == '\r'))
+				k--;
+			conn_write(&s->up, p, k);
+			conn_write(&s->up, "\r\n", 2);
+			buf_consume(in, (size_t)n);
+			continue;
+		}
+		session_client_line(s, p, (size_t)n);
+		/* The line may have ended the session and freed the buffers. */
+		if (s->state == S_CLOSING)
+			break;
+		buf_consume(in, (size_t)n);
+	}
+	conn_update(&s->client);
+}
+
+static void
+session_client_cb(struct conn *c, enum conn_event ev, void *arg)
+{
+	struct session *s = arg;
+
+	switch (ev) {
+	case CONN_DATA:
+		ev_timer_again(s->px->loop, &s->idle);
+		session_client_input(s);
+		break;
+	case CONN_EOF:
+		/* Lines that came before the FIN still count (a QUIT, say). */
+		session_client_input(s);
+		if (s->state == S_CLOSING)
+			return;
+		if (s->quit_sent && conn_is_open(&s->up))
+			break;	/* let the server confirm the QUIT */
+		session_end(s, "client closed", NULL);
+		return;
+	case CONN_ERROR:
+		log_debug(s->sid, "client: %s", strerror(c->err));
+		if (s->state == S_CLOSING) {
+			conn_close(&s->client);
+			ev_timer_stop(s->px->loop, &s->linger);
+			proxy_session_gone(s->px, s);
+			return;
+		}
+		session_end(s, "client error", NULL);
+		return;
+	case CONN_LOWAT:
+		break;
+	case CONN_DRAINED:
+		if (s->state == S_CLOSING) {
+			ev_timer_stop(s->px->loop, &s->linger);
+			conn_close(&s->client);
+			proxy_session_gone(s->px, s);
+			return;
+		}
+		ev_timer_again(s->px->loop, &s->idle);
+		/* A relay that paused for this client resumes; parse what waits. */
+		session_upstream_input(s);
+		break;
+	}
+	session_update(s);
+}
+
+void
+session_retr_complete(struct session *s)
+{
+	s->msgs++;
+	pq_pop(s);
+	pq_flush(s);
+	session_upstream_input(s);
+	session_client_input(s);
+	session_update(s);
+}
+
+/* --- replies from the server ----------------------------------------------- */
+
+static int
+capa_keep(const char *p, size_t n, int prelogin)
+{
+	static const char *const keep[] = {
+		"TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE",
+		"LOGIN-DELAY", "IMPLEMENTATION", "UTF8", NULL,
+	};
+	size_t k = 0;
+
+	while (k < n && p[k] != ' ')
+		k++;
+	for (int i = 0; keep[i]; i++)
+		if (strlen(keep[i]) == k && strncasecmp(p, keep[i], k) == 0)
+			return 1;
+	/* Before login in fixed mode the client still needs to log in. */
+	if (prelogin && ((k == 4 && strncasecmp(p, "USER", 4) == 0) ||
+	    (k == 4 && strncasecmp(p, "SASL", 4) == 0)))
+		return 1;
+	return 0;
+}
+
+/* Relay a CAPA list minus what the proxy cannot honour (STLS, and SASL
+ * after login); PIPELINING is always offered since the proxy provides it. */
+static void
+session_capa_out(struct session *s)
+{
+	const char *p = buf_ptr(&s->capbuf), *end = p + s->capbuf.len;
+	int prelogin = s->state != S_TRANSACTION;
+
+	while (p < end) {
+		const char *lf = memchr(p, '\n', (size_t)(end - p));
+		size_t n = lf ? (size_t)(lf - p) + 1 : (size_t)(end - p);
+		size_t k = n;
+		while (k > 0 && (p[k - 1] == '\n' || p[k - 1] == '\r'))
+			k--;
+		if (capa_keep(p, k, prelogin)) {
+			conn_write(&s->client, p, k);
+			conn_write(&s->client, "\r\n", 2);
+		}
+		p += n;
+	}
+	conn_write(&s->client, "PIPELINING\r\n.\r\n", 15);
+	buf_free(&s->capbuf);
+}
+
+/* A status line arrived for the head of the queue. Returns -1 if the
+ * session ended or the upstream was dropped (stop parsing). */
+static int
+session_status(struct session *s, struct pending *h, const struct resp_event *ev)
+{
+	const char *line = ev->p;
+	size_t len = ev->len;
+
+	switch ((enum pend_kind)h->kind) {
+	case P_GREETING:
+		if (!ev->ok || ev->kind == RESP_CONT) {
+			log_info(s->sid, "server %s refused us: %.*s", s->rt.host,
+			    (int)(len > 2 ? len - 2 : len), line);
+			session_login_failed(s, line, len);
+			return -1;
+		}
+		return 0;
+	case P_UPCAPA:
+		s->up_capa_ok = ev->ok;
+		return 0;
+	case P_LOGIN_USER:
+		conn_write(&s->client, line, len);
+		if (!ev->ok || ev->kind == RESP_CONT) {
+			session_login_failed(s, NULL, 0);
+			return -1;
+		}
+		session_enter(s, S_WAIT_PASS);
+		return 0;
+	case P_FB_USER:
+		if (!ev->ok || ev->kind == RESP_CONT) {
+			session_login_failed(s, line, len);
+			return -1;
+		}
+		return 0;
+	case P_LOGIN_PASS:
+		if (ev->kind == RESP_CONT) {
+			/* We sent an initial response; a challenge means the
+			 * server wants something else. Cancel. */
+			conn_write(&s->up, "*\r\n", 3);
+			resp_begin(&s->rp, 0);
+			return 1;
+		}
+		conn_write(&s->client, line, len);
+		if (!ev->ok) {
+			log_info(s->sid, "login as %s at %s failed", s->rt.user,
+			    s->rt.host);
+			session_login_failed(s, NULL, 0);
+			return -1;
+		}
+		log_info(s->sid, "logged in as %s at %s:%u", s->rt.user,
+		    s->rt.host, s->rt.port);
+		session_enter(s, S_TRANSACTION);
+		return 0;
+	case P_FIXED_GREETING:
+		conn_write(&s->client, line, len);
+		if (!ev->ok) {
+			session_end(s, "server refused", NULL);
+			return -1;
+		}
+		return 0;
+	case P_FIXED_LOGIN:
+	case P_FIXED_AUTH:
+		conn_write(&s->client, line, len);
+		if (ev->kind == RESP_CONT) {
+			h->sasl_wait = 1;
+			return 1;
+		}
+		if (ev->ok && s->state == S_FIXED) {
+			log_info(s->sid, "logged in as %s at %s:%u",
+			    s->rt.user[0] ? s->rt.user : "?", s->rt.host, s->rt.port);
+			session_enter(s, S_TRANSACTION);
+		}
+		return 0;
+	case P_CAPA:
+		conn_write(&s->client, line, len);
+		return 0;
+	case P_RETR:
+		if (ev->ok && ev->kind == RESP_STATUS)
+			return retr_status(s, h, line, len);
+		conn_write(&s->client, line, len);
+		return 0;
+	case P_QUIT:
+	case P_RELAY:
+	case P_LOCAL:
+		conn_write(&s->client, line, len);
+		return 0;
+	}
+	return 0;
+}
+
+static void
+session_data(struct session *s, struct pending *h, const struct resp_event *ev)
+{
+	switch ((enum pend_kind)h->kind) {
+	case P_UPCAPA:
+	case P_CAPA:
+		if (s->capbuf.len + ev->len <= CAPBUF_MAX)
+			buf_append(&s->capbuf, ev->p + ev->stuffed,
+			    ev->len - ev->stuffed);
+		break;
+	case P_RETR:
+		retr_data(s, ev);
+		break;
+	default:
+		conn_write(&s->client, ev->p, ev->len);
+		break;
+	}
+}
+
+/* The reply to the head is complete. Returns -1 if parsing must stop. */
+static int
+session_done(struct session *s, struct pending *h, const struct resp_event *end)
+{
+	switch ((enum pend_kind)h->kind) {
+	case P_GREETING:
+		pq_pop(s);
+		session_send(s, P_UPCAPA, 1, "CAPA", 4);
+		return 0;
+	case P_UPCAPA:
+		session_parse_upcapa(s);
+		pq_pop(s);
+		session_login_step(s);
+		return 0;
+	case P_FB_USER: {
+		char line[POP3_AUTH_MAX];
+		pq_pop(s);
+		int n = snprintf(line, sizeof(line), "PASS %s", s->secret);
+		session_send(s, P_LOGIN_PASS, 0, line, (size_t)n);
+		explicit_bzero(line, sizeof(line));
+		wipe_free(&s->secret);
+		return 0;
+	}
+	case P_CAPA:
+		if (end != NULL)
+			session_capa_out(s);
+		break;
+	case P_RETR:
+		if (end != NULL) {
+			int r = retr_end(s, h, end);
+			if (r != 0)
+				return r;	/* held: the filters have it */
+		}
+		break;
+	case P_QUIT:
+		pq_pop(s);
+		session_end(s, "quit", NULL);
+		return -1;
+	default:
+		if (end != NULL)
+			conn_write(&s->client, end->p, end->len);
+		break;
+	}
+	pq_pop(s);
+	pq_flush(s);
+	return 0;
+}
+
+/*
+ * Parse the server's bytes against the queue of pending commands and relay
+ * them in order. Stops when the client cannot keep up (backpressure), when
+ * a held message is with the filters, or when more bytes are needed.
+ */
+void
+session_upstream_input(struct session *s)
+{
+	struct buf *in = &s->up.in;
+
+	while (s->state != S_CLOSING && s->pq_len > 0) {
+		struct pending *h = pq_at(s, 0);
+		if (h->kind == P_LOCAL) {
+			conn_write(&s->client, h->local, strlen(h->local));
+			pq_pop(s);
+			pq_flush(s);
+			continue;
+		}
+		if (h->kind == P_FIXED_AUTH && h->sasl_wait)
+			break;		/* the client's turn */
+		if (s->hold_waiting)
+			break;		/* the filters have the message */
+		if (conn_out_pending(&s->client) >= CONN_OUT_HWM)
+			break;		/* resumed on CONN_LOWAT/DRAINED */
+		if (in->len == 0)
+			break;
+		if (!s->rp_active) {
+			resp_begin(&s->rp, h->multi);
+			s->rp_active = 1;
+		}
+		struct resp_event ev;
+		size_t n = resp_parse(&s->rp, buf_ptr(in), in->len, &ev);
+		int r = 0;
+		switch (ev.kind) {
+		case RESP_MORE:
+			goto out;
+		case RESP_ERROR: {
+			log_warn(s->sid, "server %s sent something that is not POP3 "
+			    "(%zu octets without a line end, or no +OK/-ERR)",
+			    s->rt.host, in->len);
+			if (s->state == S_LOGIN) {
+				session_login_failed(s, "-ERR [SYS/TEMP] the mail "
+				    "server does not speak POP3\r\n", 58);
+				session_client_input(s);
+				return;
+			}
+			session_end(s, "server protocol error",
+			    "-ERR [SYS/TEMP] the mail server sent garbage\r\n");
+			return;
+		}
+		case RESP_STATUS:
+		case RESP_CONT:
+			r = session_status(s, h, &ev);
+			if (r < 0) {
+				/* The upstream is gone; its buffer with it. */
+				session_client_input(s);
+				return;
+			}
+			break;
+		case RESP_DATA:
+			session_data(s, h, &ev);
+			break;
+		case RESP_END:
+			break;
+		}
+		buf_consume(in, n);
+		if (r == 1) {	/* a continuation: same head, new reply */
+			s->rp_active = h->kind == P_LOGIN_PASS;
+			continue;
+		}
+		if (resp_done(&s->rp)) {
+			int was_login = s->state;
+			if (session_done(s, h, ev.kind == RESP_END ? &ev : NULL) < 0)
+				return;
+			if (was_login != (int)s->state)
+				session_client_input(s);
+		}
+	}
+out:
+	if (s->state != S_CLOSING && s->pq_len == 0 && in->len > 0) {
+		/* Unsolicited: typically "-ERR disconnected for inactivity"
+		 * right before the server closes. Logged, not relayed. */
+		log_info(s->sid, "server sent %zu unsolicited octets", in->len);
+		buf_consume(in, in->len);
+	}
+	if (conn_is_open(&s->up))
+		conn_update(&s->up);
+}
+
+static void
+session_up_lost(struct session *s, const char *why)
+{
+	log_info(s->sid, "server %s:%u: %s", s->rt.host, s->rt.port, why);
+	switch (s->state) {
+	case S_LOGIN:
+	case S_PASS:
+		session_login_failed(s, "-ERR [SYS/TEMP] the mail server closed "
+		    "the connection\r\n", 55);
+		session_client_input(s);
+		return;
+	default:
+		break;
+	}
+	if (s->quit_sent && s->pq_len == 1 && pq_at(s, 0)->kind == P_QUIT) {
+		session_end(s, "quit", NULL);
+		return;
+	}
+	/* In the middle of a multi-line reply nothing more can be said. */
+	int mid = s->rp_active && s->rp.state != 0;
+	session_end(s, "server closed", mid ? NULL :
+	    "-ERR [SYS/TEMP] connection to the mail server lost\r\n");
+}
+
+static void
+session_up_cb(struct conn *c, enum conn_event ev, void *arg)
+{
+	struct session *s = arg;
+
+	switch (ev) {
+	case CONN_DATA:
+		if (ev_is_active(&s->uptimer))
+			ev_timer_again(s->px->loop, &s->uptimer);
+		session_upstream_input(s);
+		break;
+	case CONN_EOF:
+		session_upstream_input(s);
+		if (s->state == S_CLOSING || !conn_is_open(&s->up))
+			return;
+		session_up_lost(s, "closed the connection");
+		break;
+	case CONN_ERROR:
+		session_up_lost(s, strerror(c->err));
+		break;
+	case CONN_LOWAT:
+	case CONN_DRAINED:
+		session_client_input(s);
+		break;
+	}
+	session_update(s);
+}
