@@ -10,14 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (LOG_ROOT, Dovecot, FakeUpstream, ProcessSet, Proxy,  # noqa: E402
-                     tail, world_tmpdir)
-
-# Distinctive passwords, so a test can grep the proxy's log for them.
-USERS = {
-    "alice": "alice-Pw-91c3zq",
-    "bob": "bob-Pw-77adxk",
-    "john@example.com": "john-Pw-5e20mv",
-}
+                     USERS, tail, world_tmpdir)
 
 _PROXIES = pytest.StashKey()
 _DOVECOTS = pytest.StashKey()

@@ -16,7 +16,6 @@ import os
 import pwd
 import re
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +31,14 @@ CRLF = b"\r\n"
 
 # Dovecot will not serve mail as root, so mailboxes belong to "nobody".
 MAIL_USER = "nobody"
+
+# Every Dovecot of the tests has these users.  The passwords are distinctive
+# so that a test can grep the proxy's log for them.
+USERS = {
+    "alice": "alice-Pw-91c3zq",
+    "bob": "bob-Pw-77adxk",
+    "john@example.com": "john-Pw-5e20mv",
+}
 
 
 # --------------------------------------------------------------------------
@@ -501,6 +508,49 @@ class RawPop3:
         return wait_eof(self.sock, timeout, self.after_close_data, self.timeout)
 
 
+def is_multiline(command):
+    """Whether a successful reply to this command has a body (RFC 1939/2449)."""
+    words = command.split()
+    verb = words[0].upper() if words else ""
+    if verb in ("RETR", "TOP", "CAPA"):
+        return True
+    return verb in ("LIST", "UIDL") and len(words) == 1
+
+
+def transcript(conn, commands):
+    """Send each command in turn; [(status line, raw body or None)]."""
+    out = []
+    for cmd in commands:
+        status = conn.cmd(cmd)
+        body = conn.multi() if status.startswith(b"+OK") and is_multiline(cmd) else None
+        out.append((status, body))
+    return out
+
+
+def read_replies(conn, commands):
+    """Read the replies to commands already sent (pipelined), in order."""
+    out = []
+    for cmd in commands:
+        status = conn.line()
+        body = conn.multi() if status.startswith(b"+OK") and is_multiline(cmd) else None
+        out.append((status, body))
+    return out
+
+
+def direct(dovecot, user="alice", source=None):
+    """A session logged in straight to Dovecot."""
+    c = RawPop3("127.0.0.1", dovecot.port, source=source)
+    c.login(user, dovecot.users[user])
+    return c
+
+
+def via(proxy, dovecot, user="alice", sep="%", host="127.0.0.1"):
+    """A session logged in through the proxy (routing mode) to Dovecot."""
+    c = proxy.connect()
+    c.login(dovecot.route(user, host=host, sep=sep), dovecot.users[user])
+    return c
+
+
 def unstuff(raw):
     """Raw multi-line body (with terminator) -> the content it carries."""
     assert raw.endswith(b".\r\n"), raw[-20:]
@@ -523,12 +573,12 @@ def plain_ir(authcid, password, authzid=""):
 # the proxy
 
 class Proxy:
-    def __init__(self, procs, flags=(), listen=None, allow=("127.0.0.1:*",),
+    def __init__(self, procs, flags=(), host="127.0.0.1", allow=("127.0.0.1:*",),
                  log_level="debug", dns="127.0.0.1:1", grace=None):
         self.procs = procs
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = free_port()
-        self.listen = listen or "%s:%d" % (self.host, self.port)
+        self.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
         argv = [PROXY_BIN, "--listen", self.listen]
         if dns is not None:
             argv += ["--dns-server", dns]
@@ -747,3 +797,24 @@ class FakeUpstream:
             c.close()
         for t in self.threads:
             t.join(2)
+
+
+def tricky_messages():
+    """(name, stored bytes) of messages that break naive relays."""
+    return [
+        ("dot-lines", message("dots", b"first\n.\n..two dots\n.leading dot\n. space\nlast\n",
+                              eol=b"\n")),
+        ("only-dot-line", message("onlydot", b".\n", eol=b"\r\n")),
+        ("long-lines", message("long", b"x" * 5000 + b"\n." + b"y" * 1200 + b"\n"
+                               + b"z" * 998 + b"\n" + b"w" * 100000 + b"\n")),
+        ("8bit", message("8bit", "gr\u00fc\u00dfe \u00e9t\u00e9\n".encode("latin-1")
+                         + bytes(range(0x80, 0x100)) + b"\n" + "\u65e5\u672c\n".encode())),
+        ("empty-body", message("emptybody", b"")),
+        ("empty-message", b""),
+        ("no-final-newline", message("nofinal", b"no newline at the end")),
+        ("starts-with-ok", b"+OK this is not a status line\r\n\r\n+OK\r\n-ERR\r\n.\r\n"),
+        ("terminator-lookalike", message("term", b"a\n.\nb\n.\r\n\r\n.\n")),
+        ("bare-cr", message("barecr", b"one\rtwo\r\nthree\r\r\n")),
+        ("nul-bytes", message("nul", b"before\0after\n\0\n")),
+        ("headers-only-crlf", b"Subject: only\r\n"),
+    ]

@@ -8,9 +8,8 @@ import socket
 import pytest
 
 import clients
-from conftest import USERS
-from harness import (RawPop3, big_message, crlf, lf, message, octets, plain_ir,
-                     unstuff)
+from harness import (USERS, RawPop3, big_message, crlf, direct, lf, message, octets,
+                     plain_ir, tricky_messages, unstuff)
 
 ALICE = USERS["alice"]
 
@@ -188,3 +187,25 @@ def test_free_port_is_closed():
     port = closed_port()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_dovecot_serves_tricky_messages(dovecot):
+    """Pins down what Dovecot itself does with each tricky message, so the
+    proxy tests know what 'the same as direct' means."""
+    msgs = tricky_messages()
+    for _, m in msgs:
+        dovecot.deliver("alice", m)
+    with direct(dovecot) as c:
+        for i, (name, m) in enumerate(msgs, 1):
+            status, raw = c.cmd_multi("RETR %d" % i)
+            if name == "empty-message":
+                # Dovecot's quirk: "+OK 0 octets" and then one empty line.
+                assert (status, raw) == (b"+OK 0 octets\r\n", b"\r\n.\r\n")
+                continue
+            if m.endswith(b"\n"):
+                assert unstuff(raw) == crlf(m), name
+                assert octets(status) == len(crlf(m)), name
+            else:
+                # The last line gets a CRLF on the wire but not in the count.
+                assert unstuff(raw) == crlf(m) + b"\r\n", name
+                assert octets(status) == len(crlf(m)), name
