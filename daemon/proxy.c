@@ -16,6 +16,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "resolver.h"
+#include "retr.h"
 #include "session.h"
 
 /* --- sessions per client address: a small chained hash table ---------------- */
@@ -407,6 +408,7 @@ proxy_new(struct ev_loop *loop, const struct config *cfg)
 		px->nlisteners++;
 	}
 	ev_prepare_init(&px->reaper, proxy_reap_cb);
+	retr_proxy_init(px);
 	ev_timer_init(&px->grace_timer, proxy_grace_cb, cfg->grace, 0);
 	ev_signal_init(&px->sigterm, proxy_signal_cb, SIGTERM);
 	ev_signal_init(&px->sigint, proxy_signal_cb, SIGINT);
@@ -452,6 +454,7 @@ proxy_free(struct proxy *px)
 		ev_signal_stop(px->loop, &px->sighup);
 	}
 	ev_timer_stop(px->loop, &px->grace_timer);
+	retr_proxy_free(px);
 	filter_chain_free(px->filters);
 	resolver_free(px->resolver);
 	ipc_free(px->per_ip);

@@ -35,6 +35,8 @@ struct proxy {
 	int stopping;			/* 0 running, 1 graceful, 2 forced */
 	uint64_t sid_counter;
 	uint64_t held_bytes;		/* messages held for filters, all sessions */
+	struct session *bw_head, *bw_tail;	/* waiting for budget, FIFO */
+	ev_idle budget_wake;		/* resumes them when room is freed */
 
 	/* Local addresses, for refusing routing loops to ourselves. */
 	struct sockaddr_storage *local_addrs;

@@ -1,38 +1,363 @@
-/* retr.c: the RETR path. Today every message is relayed byte-exact as it
- * streams; the filter hold plugs in here. */
-#include "conn.h"
+/* retr.c: the RETR path. Without filters a message is relayed byte-exact as
+ * it streams. With filters it is held whole (unstuffed) within a global
+ * memory budget, passed to the filter chain, and the verdict is served from
+ * memory with dot-stuffing reapplied and a "+OK n octets" line that tells
+ * the truth about the new size.
+ *
+ * Budget: a hold reserves the size the server announced before the first
+ * body octet arrives, so holds never deadlock each other half-way; a
+ * session that does not fit waits (its server is not read) until another
+ * hold is released. A message larger than the whole budget, or than
+ * --max-size, is streamed unfiltered (the original module's MaxSize). */
+#include <stdio.h>
+#include <string.h>
+
+#include "filter.h"
+#include "log.h"
+#include "proxy.h"
 #include "retr.h"
 #include "session.h"
+
+#define SERVE_CHUNK	(256 * 1024)
+
+/* --- the budget ---------------------------------------------------------------- */
+
+static void
+budget_take(struct session *s, uint64_t n)
+{
+	s->held_now += n;
+	s->px->held_bytes += n;
+}
+
+static void
+budget_release(struct session *s)
+{
+	struct proxy *px = s->px;
+
+	px->held_bytes -= s->held_now;
+	s->held_now = 0;
+	if (px->bw_head != NULL)
+		ev_idle_start(px->loop, &px->budget_wake);
+}
+
+static void
+budget_enqueue(struct session *s)
+{
+	struct proxy *px = s->px;
+
+	if (s->budget_wait)
+		return;
+	s->budget_wait = 1;
+	s->bw_next = NULL;
+	if (px->bw_tail)
+		px->bw_tail->bw_next = s;
+	else
+		px->bw_head = s;
+	px->bw_tail = s;
+}
+
+static void
+budget_dequeue(struct session *s)
+{
+	struct proxy *px = s->px;
+	struct session **pp = &px->bw_head, *prev = NULL;
+
+	if (!s->budget_wait)
+		return;
+	while (*pp != NULL && *pp != s) {
+		prev = *pp;
+		pp = &(*pp)->bw_next;
+	}
+	if (*pp == s) {
+		*pp = s->bw_next;
+		if (px->bw_tail == s)
+			px->bw_tail = prev;
+	}
+	s->budget_wait = 0;
+	s->bw_next = NULL;
+}
+
+/* Room was freed: let waiting sessions retry their status line, in order.
+ * Runs from an idle watcher, outside any session's own callback. */
+static void
+budget_wake_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct proxy *px = w->data;
+
+	ev_idle_stop(loop, w);
+	while (px->bw_head != NULL) {
+		struct session *s = px->bw_head;
+		budget_dequeue(s);
+		session_upstream_input(s);
+		if (s->budget_wait)
+			break;		/* still does not fit: keep FIFO order */
+	}
+}
+
+void
+retr_proxy_init(struct proxy *px)
+{
+	ev_idle_init(&px->budget_wake, budget_wake_cb);
+	px->budget_wake.data = px;
+}
+
+void
+retr_proxy_free(struct proxy *px)
+{
+	ev_idle_stop(px->loop, &px->budget_wake);
+}
+
+/*
+ * The end of the run of octets starting at off that can be written as is:
+ * up to (not past) lim, stopping after a line end that a '.' follows, so
+ * the caller can insert the stuffing dot there. Only line ends are scanned.
+ */
+static size_t
+stuffed_run(const char *p, size_t len, size_t off, size_t lim)
+{
+	for (const char *q = p + off;
+	    (q = memchr(q, '\n', (size_t)(p + lim - q))) != NULL; q++)
+		if (q + 1 < p + len && q[1] == '.')
+			return (size_t)(q - p) + 1;
+	return lim;
+}
+
+/* Does the line that starts at off need a stuffing dot? */
+#define NEEDS_DOT(p, off) (((off) == 0 || (p)[(off) - 1] == '\n') && (p)[off] == '.')
+
+/* --- serving a verdict -------------------------------------------------------- */
+
+/*
+ * Write the held message to the client with dot-stuffing reapplied, at most
+ * until the client's output reaches its high-water mark; resumed from
+ * retr_client_writable(). Output is written straight from the held buffer.
+ */
+static void
+retr_serve(struct session *s)
+{
+	const char *p = buf_ptr(&s->msg);
+	size_t len = s->msg.len;
+
+	while (s->serve_off < len &&
+	    conn_out_pending(&s->client) < CONN_OUT_HWM) {
+		size_t off = s->serve_off;
+		if (NEEDS_DOT(p, off))
+			conn_write(&s->client, ".", 1);
+		size_t lim = len - off > SERVE_CHUNK ? off + SERVE_CHUNK : len;
+		size_t end = stuffed_run(p, len, off, lim);
+		conn_write(&s->client, p + off, end - off);
+		s->serve_off = end;
+	}
+	if (s->serve_off < len || s->client.failed)
+		return;
+	/* The terminator; a message must end with a line end before it. */
+	if (len > 0 && p[len - 1] != '\n')
+		conn_write(&s->client, "\r\n.\r\n", 5);
+	else
+		conn_write(&s->client, ".\r\n", 3);
+	buf_free(&s->msg);
+	s->serve_off = 0;
+	s->serving = 0;
+	s->hold_waiting = 0;
+	s->msgs++;
+	budget_release(s);
+	session_retr_complete(s);
+}
+
+void
+retr_client_writable(struct session *s)
+{
+	if (s->serving)
+		retr_serve(s);
+}
+
+static void
+retr_done(void *arg, struct filter_result *res)
+{
+	struct session *s = arg;
+
+	s->job = NULL;
+	if (res->outcome == FILTER_TEMPFAIL) {
+		char line[600];
+		int n = snprintf(line, sizeof(line), "-ERR [SYS/TEMP] %s\r\n",
+		    res->text ? res->text : "message not available now, try later");
+		buf_free(&res->msg);
+		conn_write(&s->client, line, (size_t)n);
+		s->hold_waiting = 0;
+		budget_release(s);
+		/* The message stays on the server, so it is not counted. */
+		session_retr_complete(s);
+		return;
+	}
+	/* The result replaces the held original; account for its real size. */
+	buf_free(&s->msg);
+	s->msg = res->msg;
+	memset(&res->msg, 0, sizeof(res->msg));
+	if (s->msg.len > s->held_now)
+		budget_take(s, s->msg.len - s->held_now);
+
+	size_t octets = s->msg.len;
+	if (octets > 0 && buf_ptr(&s->msg)[octets - 1] != '\n')
+		octets += 2;	/* the CRLF retr_serve adds before the dot */
+	char line[64];
+	int n = snprintf(line, sizeof(line), "+OK %zu octets\r\n", octets);
+	conn_write(&s->client, line, (size_t)n);
+	s->serving = 1;
+	s->serve_off = 0;
+	retr_serve(s);
+}
+
+/* --- holding ------------------------------------------------------------------ */
+
+/* Give up holding: send what was held, stuffed again, and relay the rest. */
+static void
+retr_unhold(struct session *s, const char *why)
+{
+	log_info(s->sid, "message %u delivered unfiltered: %s", s->hold_msgno, why);
+	if (s->held_status_len > 0)
+		conn_write(&s->client, s->held_status, s->held_status_len);
+	else
+		conn_write(&s->client, "+OK message follows\r\n", 21);
+	const char *p = buf_ptr(&s->msg);
+	size_t len = s->msg.len;
+	for (size_t off = 0, end; off < len; off = end) {
+		if (NEEDS_DOT(p, off))
+			conn_write(&s->client, ".", 1);
+		end = stuffed_run(p, len, off, len);
+		conn_write(&s->client, p + off, end - off);
+	}
+	buf_free(&s->msg);
+	s->hold = 0;
+	budget_release(s);
+}
 
 int
 retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 {
-	conn_write(&s->client, line, len);
+	const struct config *cfg = s->px->cfg;
+	struct proxy *px = s->px;
+
+	if (px->filters == NULL) {
+		conn_write(&s->client, line, len);
+		return 0;
+	}
+	long long size = pop3_status_octets(line, len);
+	if (cfg->max_size > 0 && size > (long long)cfg->max_size) {
+		log_info(s->sid, "message %u (%lld octets) over --max-size: "
+		    "streamed unfiltered", h->msgno, size);
+		conn_write(&s->client, line, len);
+		return 0;
+	}
+	if (size > (long long)cfg->buffer_budget) {
+		log_warn(s->sid, "message %u (%lld octets) is larger than the "
+		    "whole --buffer-budget: streamed unfiltered", h->msgno, size);
+		conn_write(&s->client, line, len);
+		return 0;
+	}
+	/* Reserve the announced size; wait in line if it does not fit now. */
+	uint64_t want = size > 0 ? (uint64_t)size : 0;
+	if (px->held_bytes + want > cfg->buffer_budget ||
+	    (px->bw_head != NULL && px->bw_head != s)) {
+		if (!s->budget_wait)
+			log_debug(s->sid, "message %u waits for buffer budget "
+			    "(%llu of %llu held)", h->msgno,
+			    (unsigned long long)px->held_bytes,
+			    (unsigned long long)cfg->buffer_budget);
+		budget_enqueue(s);
+		return 2;
+	}
+	budget_dequeue(s);
+	s->hold = 1;
+	s->hold_msgno = h->msgno;
+	s->hold_size = size;
+	s->hold_started = ev_now(px->loop);
+	s->held_status_len = 0;
+	if (len <= sizeof(s->held_status)) {
+		memcpy(s->held_status, line, len);
+		s->held_status_len = (uint8_t)len;
+	}
+	buf_free(&s->msg);
+	if (want > 0 && buf_reserve(&s->msg, want + 2) == NULL) {
+		s->hold = 0;
+		conn_write(&s->client, line, len);
+		return 0;
+	}
+	budget_take(s, want);
 	return 0;
 }
 
 void
 retr_data(struct session *s, const struct resp_event *ev)
 {
-	conn_write(&s->client, ev->p, ev->len);
+	if (!s->hold) {
+		conn_write(&s->client, ev->p, ev->len);
+		return;
+	}
+	size_t n = ev->len - (size_t)ev->stuffed;
+	if (buf_append(&s->msg, ev->p + ev->stuffed, n) < 0) {
+		retr_unhold(s, "out of memory");
+		return;
+	}
+	/* The server may send more than it announced; count the excess. */
+	if (s->msg.len > s->held_now)
+		budget_take(s, s->msg.len - s->held_now);
+	const struct config *cfg = s->px->cfg;
+	if (cfg->max_size > 0 && s->msg.len > cfg->max_size)
+		retr_unhold(s, "over --max-size");
+	else if (s->px->held_bytes > cfg->buffer_budget + CONN_IN_HWM &&
+	    s->hold_size < 0)
+		retr_unhold(s, "size unknown and --buffer-budget exhausted");
 }
 
 int
 retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 {
-	conn_write(&s->client, end->p, end->len);
-	s->msgs++;
-	return 0;
+	if (!s->hold) {
+		conn_write(&s->client, end->p, end->len);
+		s->msgs++;
+		return 0;
+	}
+	s->hold = 0;
+	struct filter_facts f = {
+		.sid = s->sid,
+		.client = s->peer_text,
+		.user = s->rt.user,
+		.upstream_host = s->rt.host,
+		.upstream_port = s->rt.port,
+		.msgno = s->hold_msgno,
+		.size = s->hold_size >= 0 ? (uint64_t)s->hold_size : s->msg.len,
+		.uidl = NULL,
+		.command = "RETR",
+	};
+	s->job = filter_submit(s->px->filters, &f, &s->msg, retr_done, s);
+	if (s->job == NULL) {
+		s->hold = 1;
+		retr_unhold(s, "out of memory");
+		conn_write(&s->client, end->p, end->len);
+		s->msgs++;
+		return 0;
+	}
+	s->hold_waiting = 1;
+	return 1;
 }
 
 int
 retr_may_read(const struct session *s)
 {
-	return 1;
+	return !s->budget_wait;
 }
 
 void
 retr_abort(struct session *s)
 {
+	if (s->job != NULL) {
+		filter_cancel(s->job);
+		s->job = NULL;
+	}
+	budget_dequeue(s);
 	buf_free(&s->msg);
+	s->hold = s->hold_waiting = s->serving = 0;
+	s->serve_off = 0;
+	if (s->held_now > 0)
+		budget_release(s);
 }

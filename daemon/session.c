@@ -386,7 +386,7 @@ session_update(struct session *s)
 		conn_want_read(&s->up, !client_slow && retr_may_read(s));
 
 	int due = up_open && pq_upstream_owed(s) && !client_slow &&
-	    !s->hold_waiting;
+	    !s->hold_waiting && !s->budget_wait;
 	if (due && !ev_is_active(&s->uptimer))
 		ev_timer_again(s->px->loop, &s->uptimer);
 	else if (!due && ev_is_active(&s->uptimer))
@@ -905,6 +905,8 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 		session_end(s, "client error", NULL);
 		return;
 	case CONN_LOWAT:
+		retr_client_writable(s);
+		session_upstream_input(s);
 		break;
 	case CONN_DRAINED:
 		if (s->state == S_CLOSING) {
@@ -915,6 +917,7 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 		}
 		ev_timer_again(s->px->loop, &s->idle);
 		/* A relay that paused for this client resumes; parse what waits. */
+		retr_client_writable(s);
 		session_upstream_input(s);
 		break;
 	}
@@ -924,7 +927,6 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 void
 session_retr_complete(struct session *s)
 {
-	s->msgs++;
 	pq_pop(s);
 	pq_flush(s);
 	session_upstream_input(s);
@@ -1189,6 +1191,11 @@ session_upstream_input(struct session *s)
 		case RESP_STATUS:
 		case RESP_CONT:
 			r = session_status(s, h, &ev);
+			if (r == 2) {
+				/* Not now (buffer budget): parse it again later. */
+				s->rp_active = 0;
+				goto out;
+			}
 			if (r < 0) {
 				/* The upstream is gone; its buffer with it. */
 				session_client_input(s);

@@ -99,19 +99,24 @@ struct session {
 
 	ev_timer idle, uptimer, linger;
 
-	/* Held RETR for the filters. */
+	/* The RETR path (retr.c): a reply held whole for the filters, then
+	 * served from memory with dot-stuffing reapplied. */
 	struct buf msg;
-	char held_status[POP3_STATUS_MAX];
-	size_t held_status_len;
+	size_t serve_off;		/* octets of msg already served */
+	char held_status[96];		/* the server's +OK line, if short */
+	uint8_t held_status_len;
+	unsigned hold_waiting:1;	/* with the filters, or being served */
+	unsigned serving:1;
+	unsigned budget_wait:1;		/* queued for --buffer-budget room */
+	struct session *bw_next;	/* the proxy's budget queue */
 	uint32_t hold_msgno;
-	long long hold_size;
-	int hold_streaming;		/* gave up holding: relaying instead */
-	int hold_waiting;		/* message sent to the filters */
+	long long hold_size;		/* from "+OK n octets", -1 if unknown */
+	uint64_t held_now;		/* octets counted in px->held_bytes */
 	struct filter_job *job;
+	ev_tstamp hold_started;
 
 	ev_tstamp started;
 	unsigned msgs;
-	uint64_t held_now;		/* bytes counted in px->held_bytes */
 	const char *end_reason;
 };
 
