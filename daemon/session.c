@@ -494,7 +494,7 @@ session_route(struct session *s, const char *name, size_t len)
 
 	if (route_parse(name, len, 110, &s->rt, &err) < 0) {
 		log_info(s->sid, "login refused: %s", err);
-		session_replyf(s, "-ERR %s (log in as user%%host[:port])", err);
+		session_replyf(s, "-ERR [AUTH] %s (log in as user%%host[:port])", err);
 		if (++s->errors >= MAX_ERRORS)
 			session_end(s, "too many errors", NULL);
 		return;
@@ -1213,13 +1213,9 @@ session_upstream_input(struct session *s)
 			s->rp_active = h->kind == P_LOGIN_PASS;
 			continue;
 		}
-		if (resp_done(&s->rp)) {
-			int was_login = s->state;
-			if (session_done(s, h, ev.kind == RESP_END ? &ev : NULL) < 0)
-				return;
-			if (was_login != (int)s->state)
-				session_client_input(s);
-		}
+		if (resp_done(&s->rp) &&
+		    session_done(s, h, ev.kind == RESP_END ? &ev : NULL) < 0)
+			return;
 	}
 out:
 	if (s->state != S_CLOSING && s->pq_len == 0 && in->len > 0) {
@@ -1230,6 +1226,9 @@ out:
 	}
 	if (conn_is_open(&s->up))
 		conn_update(&s->up);
+	/* A login step may have made room for what the client pipelined. */
+	if (s->state != S_CLOSING && s->client.in.len > 0)
+		session_client_input(s);
 }
 
 static void
