@@ -92,13 +92,14 @@ def getmail(procs, work, host, port, user, password, keep=True, timeout=120):
     pw = pwd.getpwnam(MAIL_USER)
     for p in (md, md / "new", md / "cur", md / "tmp"):
         os.chown(p, pw.pw_uid, pw.pw_gid)
+    # getmail reads its rc file without %-interpolation: names go in as is.
     rc = work / "getmailrc"
     rc.write_text("[retriever]\ntype = SimplePOP3Retriever\n"
                   "server = %s\nport = %d\nusername = %s\npassword = %s\n\n"
                   "[destination]\ntype = Maildir\npath = %s/\nuser = %s\n\n"
                   "[options]\ndelete = %s\nread_all = true\ndelivered_to = false\n"
                   "received = false\nverbose = 2\n" % (
-                      host, port, user.replace("%", "%%"), password.replace("%", "%%"),
+                      host, port, user, password,
                       md, MAIL_USER, "false" if keep else "true"))
     status, text = procs.run(["getmail", "--getmaildir", state, "--rcfile", rc], "getmail",
                              timeout=timeout, env=dict(os.environ, HOME=str(work)))

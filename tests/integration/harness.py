@@ -367,6 +367,11 @@ service anvil {{
   chroot =
   client_limit = 2000
 }}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
 protocol pop3 {{
   mail_max_userip_connections = 1000
 }}

@@ -9,11 +9,14 @@ PW = USERS["alice"]
 
 
 def client_messages():
-    # Clients deliver LF text; keep to messages whose content survives that
-    # (tricky bytes are covered byte-exact by test_relay.py).
-    names = ("dot-lines", "only-dot-line", "long-lines", "8bit", "empty-body",
-             "starts-with-ok", "terminator-lookalike")
-    return [m for n, m in tricky_messages() if n in names] + [
+    # Clients deliver LF text and fetchmail rejects a message that starts
+    # with a non-header line; keep to messages all clients accept (every
+    # tricky message is checked byte-exact by test_relay.py).
+    names = ("dot-lines", "only-dot-line", "8bit", "empty-body", "terminator-lookalike")
+    # fetchmail garbles lines over ~8 KB even when talking to Dovecot directly
+    # (different junk bytes on each run), so long lines stay under 8 KB here.
+    long_lines = message("long", b"x" * 5000 + b"\n." + b"y" * 1200 + b"\n" + b"z" * 8000 + b"\n")
+    return [m for n, m in tricky_messages() if n in names] + [long_lines] + [
         message("plain-%d" % i, b"Hello %d\n\nRegards\n" % i) for i in range(5)]
 
 

@@ -156,8 +156,9 @@ def test_auth_plain_bad_continuation_then_login(bad, dovecot, proxy):
         check_mailbox(c, m)
 
 
-@pytest.mark.parametrize("line", ["AUTH PLAIN !!!", "AUTH CRAM-MD5", "AUTH LOGIN", "AUTH",
-                                  "AUTH PLAIN " + "QUFB" * 3000])
+@pytest.mark.parametrize("line", ["AUTH PLAIN !!!", "AUTH CRAM-MD5", "AUTH LOGIN",
+                                  "AUTH PLAIN " + "QUFB" * 3000],
+                         ids=["invalid-base64", "cram-md5", "login", "12k-base64-over-limit"])
 def test_auth_bad_initial_then_login(line, dovecot, proxy):
     m = message("afterbad2", b"after a bad AUTH line\n")
     dovecot.deliver("alice", m)
@@ -168,6 +169,17 @@ def test_auth_bad_initial_then_login(line, dovecot, proxy):
         check_mailbox(c, m)
 
 
+def test_auth_without_mechanism_lists_or_refuses(dovecot, proxy):
+    """Bare AUTH: either the de-facto mechanism list (+OK, PLAIN, .) or -ERR."""
+    with proxy.connect() as c:
+        r = c.cmd("AUTH")
+        if r.startswith(b"+OK"):
+            assert b"PLAIN\r\n" in c.multi()
+        else:
+            assert r.startswith(b"-ERR"), r
+        c.login(dovecot.route("alice"), PW)
+
+
 # --------------------------------------------------------------------------
 # errors
 
@@ -176,7 +188,7 @@ BAD_NAMES = ["alice", "alice%", "alice@", "%127.0.0.1:{p}", "alice%127.0.0.1:",
              "alice%[::1]x:{p}", "alice%127.0.0.1:-5"]
 
 
-@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[n.replace("{p}", "PORT") for n in BAD_NAMES])
 def test_bad_user_syntax_then_login_in_same_session(name, dovecot, proxy):
     m = message("retry", b"after a bad USER\n")
     dovecot.deliver("alice", m)
