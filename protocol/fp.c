@@ -234,6 +234,9 @@ check_verdict(const void *obj, struct fp_err *err)
 	if (v->action != FP_REPLACE && v->body.ptr != NULL)
 		return fail(err, FP_E_BAD_FRAME, "verdict: body with %s",
 		    fp_action_name(v->action));
+	if (v->action != FP_REJECT && v->quarantine_id.ptr != NULL)
+		return fail(err, FP_E_BAD_FRAME, "verdict: quarantine_id with %s",
+		    fp_action_name(v->action));
 	if (v->action != FP_ACCEPT && v->nedits > 0)
 		return fail(err, FP_E_BAD_FRAME, "verdict: edits with %s",
 		    fp_action_name(v->action));
@@ -374,6 +377,7 @@ static const struct field verdict_f[] = {
 	  .aux = offsetof(struct fp_verdict, nedits), .max = FP_MAX_EDITS,
 	  .sub = &edit_tab },
 	S(struct fp_verdict, notice, 0, FP_MAX_TEXT),
+	S(struct fp_verdict, quarantine_id, 0, FP_MAX_SHORT),
 	S(struct fp_verdict, reason, 0, FP_MAX_TEXT),
 	{ .key = "tags", .kind = K_TAGS, .off = offsetof(struct fp_verdict, tags),
 	  .aux = offsetof(struct fp_verdict, ntags), .max = FP_MAX_TAGS },

@@ -139,6 +139,10 @@ struct fp_verdict {
 	size_t			 nedits;
 	struct fp_str		 body;		/* only (and required) with REPLACE */
 	struct fp_str		 notice;	/* optional, REJECT's user text */
+	struct fp_str		 quarantine_id;	/* optional, REJECT: the filter
+						 * kept the original under this
+						 * reference; absent: the proxy
+						 * must keep it */
 	struct fp_str		 reason;	/* optional, for the log */
 	const struct fp_str	*tags;
 	size_t			 ntags;

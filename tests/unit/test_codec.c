@@ -221,7 +221,8 @@ sample_stream(struct fp_buf *b, struct fp_msg *list)
 	list[n].type = FP_MSG_VERDICT, list[n++].verdict = (struct fp_verdict){
 	    .id = 43, .action = FP_REPLACE, .body = FP_STR("Subject: new\r\n\r\nx\r\n") };
 	list[n].type = FP_MSG_VERDICT, list[n++].verdict = (struct fp_verdict){
-	    .id = 44, .action = FP_REJECT, .notice = FP_STR("virus found") };
+	    .id = 44, .action = FP_REJECT, .notice = FP_STR("virus found"),
+	    .quarantine_id = FP_STR("q/2024/0001") };
 	list[n].type = FP_MSG_ERROR, list[n++].error = (struct fp_error){
 	    .has_id = true, .id = 45, .code = FP_STR("busy"),
 	    .message = FP_STR("queue full") };
@@ -314,6 +315,7 @@ compare_msg(const struct fp_msg *g, const struct fp_msg *w)
 		}
 		CHECK(str_same(a->body, b->body));
 		CHECK(str_ok(a->notice, b->notice));
+		CHECK(str_ok(a->quarantine_id, b->quarantine_id));
 		CHECK(str_ok(a->reason, b->reason));
 		CHECK_INT(a->ntags, b->ntags);
 		for (i = 0; i < a->ntags && i < b->ntags; i++)
@@ -1125,10 +1127,10 @@ test_encoder_refuses(void)
 	struct fp_err e;
 	struct fp_buf b = { 0 };
 	char big[FP_MAX_TEXT + 1];
-	size_t i;
+	size_t i, ping_len;
 
 	CHECK(fp_encode_ping(&b, 1) == 0);
-	i = b.len;
+	ping_len = b.len;
 	memset(big, 'x', sizeof(big));
 	v.reason = (struct fp_str){ big, sizeof(big) };
 	CHECK_INT(fp_encode_verdict(&b, &v), -1);
@@ -1152,6 +1154,12 @@ test_encoder_refuses(void)
 	v.body = FP_STR("x");			/* body on tempfail */
 	CHECK_INT(fp_encode_verdict(&b, &v), -1);
 	v.body = (struct fp_str){ NULL, 0 };
+	v.quarantine_id = FP_STR("q1");		/* only reject keeps one */
+	CHECK_INT(fp_encode_verdict(&b, &v), -1);
+	v.action = FP_REJECT;
+	CHECK_INT(fp_encode_verdict(&b, &v), 0);
+	CHECK_INT(fp_frame_len(b.data + ping_len), b.len - ping_len - 4);
+	b.len = ping_len;			/* drop it again */
 	v.action = (enum fp_action)9;
 	CHECK_INT(fp_encode_verdict(&b, &v), -1);
 	CHECK_INT(fp_frame_len(b.data), b.len - 4);	/* only the ping */
