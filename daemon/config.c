@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "policy.h"
@@ -20,6 +21,9 @@ enum {
 	OPT_ADMIN, OPT_GREETING, OPT_FILTER, OPT_FILTER_TIMEOUT,
 	OPT_ON_FAILURE, OPT_NO_MARK, OPT_MAX_SIZE, OPT_BUDGET,
 	OPT_QUARANTINE, OPT_HELP, OPT_VERSION,
+	OPT_LISTEN_TLS, OPT_UP_TLS, OPT_IMPLICIT_PORTS, OPT_ALLOW_PLAIN,
+	OPT_UP_CA, OPT_INSECURE, OPT_CIPHERS, OPT_MIN_VERSION, OPT_CERT,
+	OPT_KEY, OPT_REQUIRE_TLS,
 };
 
 static const struct option long_opts[] = {
@@ -46,6 +50,17 @@ static const struct option long_opts[] = {
 	{ "max-size",		required_argument, NULL, OPT_MAX_SIZE },
 	{ "buffer-budget",	required_argument, NULL, OPT_BUDGET },
 	{ "quarantine",		required_argument, NULL, OPT_QUARANTINE },
+	{ "listen-tls",		required_argument, NULL, OPT_LISTEN_TLS },
+	{ "upstream-tls",	required_argument, NULL, OPT_UP_TLS },
+	{ "implicit-tls-ports",	required_argument, NULL, OPT_IMPLICIT_PORTS },
+	{ "allow-plaintext-upstream", no_argument, NULL, OPT_ALLOW_PLAIN },
+	{ "upstream-ca",	required_argument, NULL, OPT_UP_CA },
+	{ "insecure-upstream",	required_argument, NULL, OPT_INSECURE },
+	{ "tls-ciphers",	required_argument, NULL, OPT_CIPHERS },
+	{ "tls-min-version",	required_argument, NULL, OPT_MIN_VERSION },
+	{ "tls-cert",		required_argument, NULL, OPT_CERT },
+	{ "tls-key",		required_argument, NULL, OPT_KEY },
+	{ "require-tls",	no_argument,	   NULL, OPT_REQUIRE_TLS },
 	{ "help",		no_argument,	   NULL, OPT_HELP },
 	{ "version",		no_argument,	   NULL, OPT_VERSION },
 	{ NULL, 0, NULL, 0 },
@@ -71,6 +86,25 @@ config_usage(FILE *out)
 "                            PORT a number or '*'. Without any: ports 110 and\n"
 "                            995 on public addresses only\n"
 "  --dns-server ADDR[:PORT]  DNS server(s), comma-separated (default: system)\n"
+"TLS towards servers:\n"
+"  --upstream-tls MODE       auto (default): implicit TLS on the ports below,\n"
+"                            else STLS when the server offers it; implicit,\n"
+"                            stls, or none\n"
+"  --implicit-tls-ports LIST comma-separated ports for auto mode (default 995)\n"
+"  --allow-plaintext-upstream  allow sending passwords unencrypted to servers\n"
+"                            that are not on a loopback address\n"
+"  --upstream-ca FILE        trust these CAs instead of the system store\n"
+"  --insecure-upstream GLOB  do not verify certificates of matching hosts\n"
+"                            (repeatable; logged on every use)\n"
+"TLS towards clients:\n"
+"  --listen-tls ADDR:PORT    listen for implicit TLS (POP3S); repeatable\n"
+"  --tls-cert FILE           certificate chain (PEM), enables STLS and POP3S\n"
+"  --tls-key FILE            its private key (PEM); SIGHUP reloads both\n"
+"  --require-tls             refuse USER, PASS and AUTH in plain text from\n"
+"                            clients not on a loopback address\n"
+"Both sides:\n"
+"  --tls-min-version V       1.2 (default) or 1.3\n"
+"  --tls-ciphers LIST        OpenSSL cipher list for TLS 1.2\n"
 "Limits and timeouts:\n"
 "  --max-sessions N          concurrent sessions (default 1000)\n"
 "  --max-sessions-per-ip N   per client address, 0 = no limit (default 100)\n"
@@ -234,6 +268,8 @@ config_defaults(struct config *cfg)
 	cfg->filter_timeout = 30;
 	cfg->mark_unfiltered = 1;
 	cfg->buffer_budget = 256ULL * 1024 * 1024;
+	cfg->implicit_ports[0] = 995;
+	cfg->nimplicit = 1;
 }
 
 int
@@ -362,6 +398,77 @@ config_parse(struct config *cfg, int argc, char **argv)
 		case OPT_QUARANTINE:
 			cfg->quarantine = optarg;
 			break;
+		case OPT_LISTEN_TLS:
+			if (cfg->nlisten == CONFIG_MAX_LISTEN)
+				return bad(name, optarg, "too many listeners");
+			if (parse_listen(optarg, &cfg->listen[cfg->nlisten]) < 0)
+				return -1;
+			cfg->listen[cfg->nlisten++].tls = 1;
+			break;
+		case OPT_UP_TLS:
+			if (strcmp(optarg, "auto") == 0)
+				cfg->upstream_tls = UP_TLS_AUTO;
+			else if (strcmp(optarg, "implicit") == 0)
+				cfg->upstream_tls = UP_TLS_IMPLICIT;
+			else if (strcmp(optarg, "stls") == 0)
+				cfg->upstream_tls = UP_TLS_STLS;
+			else if (strcmp(optarg, "none") == 0)
+				cfg->upstream_tls = UP_TLS_NONE;
+			else
+				return bad(name, optarg, "expected auto, implicit, stls or none");
+			break;
+		case OPT_IMPLICIT_PORTS: {
+			char tmp[256], *save = NULL;
+			if (strlen(optarg) >= sizeof(tmp))
+				return bad(name, optarg, "too long");
+			strcpy(tmp, optarg);
+			cfg->nimplicit = 0;
+			for (char *t = strtok_r(tmp, ",", &save); t;
+			    t = strtok_r(NULL, ",", &save)) {
+				if (cfg->nimplicit == 16)
+					return bad(name, optarg, "at most 16 ports");
+				if (parse_int(name, t, 1, 65535, &v) < 0)
+					return -1;
+				cfg->implicit_ports[cfg->nimplicit++] = (uint16_t)v;
+			}
+			break;
+		}
+		case OPT_ALLOW_PLAIN:
+			cfg->allow_plaintext = 1;
+			break;
+		case OPT_UP_CA:
+			if (access(optarg, R_OK) != 0)
+				return bad(name, optarg, strerror(errno));
+			cfg->upstream_ca = optarg;
+			break;
+		case OPT_INSECURE:
+			if (cfg->ninsecure == 16)
+				return bad(name, optarg, "at most 16 patterns");
+			if (optarg[0] == '\0')
+				return bad(name, optarg, "empty pattern");
+			cfg->insecure[cfg->ninsecure++] = optarg;
+			break;
+		case OPT_CIPHERS:
+			cfg->tls_ciphers = optarg;
+			break;
+		case OPT_MIN_VERSION:
+			if (strcmp(optarg, "1.2") != 0 && strcmp(optarg, "1.3") != 0)
+				return bad(name, optarg, "expected 1.2 or 1.3");
+			cfg->tls_min_version = optarg;
+			break;
+		case OPT_CERT:
+			if (access(optarg, R_OK) != 0)
+				return bad(name, optarg, strerror(errno));
+			cfg->tls_cert = optarg;
+			break;
+		case OPT_KEY:
+			if (access(optarg, R_OK) != 0)
+				return bad(name, optarg, strerror(errno));
+			cfg->tls_key = optarg;
+			break;
+		case OPT_REQUIRE_TLS:
+			cfg->require_tls = 1;
+			break;
 		case OPT_HELP:
 			config_usage(stdout);
 			return 1;
@@ -386,6 +493,17 @@ config_parse(struct config *cfg, int argc, char **argv)
 		struct listen_addr *la = &cfg->listen[0];
 		parse_listen("127.0.0.1:110", la);
 		cfg->nlisten = 1;
+	}
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+		fprintf(stderr, "pop3proxyd: --tls-cert and --tls-key go together\n");
+		return -1;
+	}
+	for (int i = 0; i < cfg->nlisten; i++) {
+		if (cfg->listen[i].tls && cfg->tls_cert == NULL) {
+			fprintf(stderr, "pop3proxyd: --listen-tls %s needs --tls-cert "
+			    "and --tls-key\n", cfg->listen[i].text);
+			return -1;
+		}
 	}
 	if (cfg->fixed && policy_count(cfg->policy) > 0) {
 		fprintf(stderr, "pop3proxyd: --upstream and --allow-upstream exclude "

@@ -17,6 +17,14 @@ struct listen_addr {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	char text[80];		/* as given, for log lines */
+	int tls;		/* --listen-tls: implicit TLS (POP3S) */
+};
+
+enum upstream_tls {
+	UP_TLS_AUTO,		/* implicit on --implicit-tls-ports, else STLS if offered */
+	UP_TLS_IMPLICIT,
+	UP_TLS_STLS,
+	UP_TLS_NONE,
 };
 
 struct config {
@@ -38,6 +46,18 @@ struct config {
 	const char *pidfile;
 	int admin_shutdown;
 	const char *greeting;
+
+	/* TLS. */
+	enum upstream_tls upstream_tls;
+	uint16_t implicit_ports[16];
+	int nimplicit;
+	int allow_plaintext;		/* passwords in clear to remote servers */
+	const char *upstream_ca;	/* NULL: the system store */
+	const char *insecure[16];	/* host globs not verified */
+	int ninsecure;
+	const char *tls_ciphers, *tls_min_version;
+	const char *tls_cert, *tls_key;	/* towards clients */
+	int require_tls;
 
 	/* The filter path. */
 	const char *filters[CONFIG_MAX_FILTERS];	/* UNIX socket paths */

@@ -1,16 +1,20 @@
-/* conn.c: buffered non-blocking socket I/O on libev, with backpressure by
- * turning watchers on and off (the sniproxy scheme). */
+/* conn.c: buffered non-blocking socket I/O on libev, plain or TLS, with
+ * backpressure by turning watchers on and off (the sniproxy scheme). */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
 #include "conn.h"
+#include "tls.h"
 
 #define READ_CHUNK	(64 * 1024)
 
@@ -49,9 +53,18 @@ conn_close(struct conn *c)
 	if (c->fd >= 0) {
 		ev_io_stop(c->loop, &c->rw);
 		ev_io_stop(c->loop, &c->ww);
+		if (c->ssl != NULL && !c->failed && !c->tls_handshake)
+			(void)SSL_shutdown(c->ssl);	/* close_notify, no wait */
 		close(c->fd);
 		c->fd = -1;
 	}
+	if (c->ssl != NULL) {
+		SSL_free(c->ssl);
+		c->ssl = NULL;
+		ERR_clear_error();
+	}
+	free(c->tls_err);
+	c->tls_err = NULL;
 	buf_free(&c->in);
 	buf_free(&c->out);
 }
@@ -61,11 +74,17 @@ conn_update(struct conn *c)
 {
 	if (c->fd < 0)
 		return;
-	int on = c->want_read && !c->eof && !c->failed && c->in.len < c->in_hwm;
-	if (on && !ev_is_active(&c->rw))
+	int on = (c->want_read || c->tls_handshake || c->tls_write_wants_read) &&
+	    !c->eof && !c->failed && !c->tls_start &&
+	    (c->in.len < c->in_hwm || c->tls_handshake);
+	if (on && !ev_is_active(&c->rw)) {
 		ev_io_start(c->loop, &c->rw);
-	else if (!on && ev_is_active(&c->rw))
+		/* OpenSSL may hold decrypted bytes the socket no longer shows. */
+		if (c->ssl != NULL && !c->tls_handshake && SSL_pending(c->ssl) > 0)
+			ev_feed_event(c->loop, &c->rw, EV_READ);
+	} else if (!on && ev_is_active(&c->rw)) {
 		ev_io_stop(c->loop, &c->rw);
+	}
 }
 
 void
@@ -88,25 +107,63 @@ conn_fail(struct conn *c, int err)
 		ev_io_start(c->loop, &c->ww);
 }
 
+/*
+ * Write up to n octets, plain or TLS. Returns the number written (maybe 0
+ * when the socket is full), or -1 after conn_fail().
+ */
+static ssize_t
+conn_send(struct conn *c, const void *p, size_t n)
+{
+	if (c->ssl == NULL || c->tls_start) {
+		for (;;) {
+			ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+			if (w >= 0)
+				return w;
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			conn_fail(c, errno);
+			return -1;
+		}
+	}
+	if (c->tls_handshake)
+		return 0;
+	ERR_clear_error();
+	int w = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+	if (w > 0) {
+		c->tls_write_wants_read = 0;
+		return w;
+	}
+	switch (SSL_get_error(c->ssl, w)) {
+	case SSL_ERROR_WANT_WRITE:
+		return 0;
+	case SSL_ERROR_WANT_READ:
+		/* A key update or similar: the next read event flushes. */
+		c->tls_write_wants_read = 1;
+		conn_update(c);
+		return 0;
+	default:
+		conn_fail(c, errno ? errno : EPIPE);
+		return -1;
+	}
+}
+
 static int
 conn_flush(struct conn *c)
 {
 	while (c->out.len > 0) {
-		ssize_t n = send(c->fd, buf_ptr(&c->out), c->out.len, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				break;
-			conn_fail(c, errno);
+		ssize_t n = conn_send(c, buf_ptr(&c->out), c->out.len);
+		if (n < 0)
 			return -1;
-		}
+		if (n == 0)
+			break;
 		c->bytes_out += (uint64_t)n;
 		buf_consume(&c->out, (size_t)n);
 	}
-	if (c->out.len > 0)
+	if (c->out.len > 0 && !c->tls_write_wants_read)
 		ev_io_start(c->loop, &c->ww);
-	else
+	else if (!c->tls_handshake)
 		ev_io_stop(c->loop, &c->ww);
 	return 0;
 }
@@ -120,22 +177,18 @@ conn_write(struct conn *c, const void *p, size_t n)
 		return 0;
 	if (c->out.len == 0) {
 		/* Fast path: straight from the caller's buffer to the socket. */
-		for (;;) {
-			ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-			if (w < 0) {
-				if (errno == EINTR)
-					continue;
-				if (errno == EAGAIN || errno == EWOULDBLOCK)
-					break;
-				conn_fail(c, errno);
+		while (n > 0) {
+			ssize_t w = conn_send(c, p, n);
+			if (w < 0)
 				return -1;
-			}
+			if (w == 0)
+				break;
 			c->bytes_out += (uint64_t)w;
 			p = (const char *)p + w;
 			n -= (size_t)w;
-			if (n == 0)
-				return 0;
 		}
+		if (n == 0)
+			return 0;
 	}
 	if (buf_append(&c->out, p, n) < 0) {
 		conn_fail(c, ENOMEM);
@@ -144,7 +197,8 @@ conn_write(struct conn *c, const void *p, size_t n)
 	if (c->out.len >= CONN_OUT_HWM)
 		c->out_high = 1;
 	c->notify_drain = 1;
-	ev_io_start(c->loop, &c->ww);
+	if (!c->tls_handshake && !c->tls_write_wants_read)
+		ev_io_start(c->loop, &c->ww);
 	return 0;
 }
 
@@ -164,34 +218,163 @@ conn_printf(struct conn *c, const char *fmt, ...)
 	return conn_write(c, line, (size_t)n);
 }
 
-static void
-conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-	struct conn *c = w->data;
+/* --- TLS handshake ----------------------------------------------------------- */
 
-	char *p = buf_reserve(&c->in, READ_CHUNK);
-	if (p == NULL) {
-		conn_fail(c, ENOMEM);
+static void
+conn_tls_step(struct conn *c)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		c->tls_handshake = 0;
+		/* Output queued during the handshake goes now. */
+		if (c->out.len > 0)
+			ev_io_start(c->loop, &c->ww);
+		else
+			ev_io_stop(c->loop, &c->ww);
+		conn_update(c);
+		c->cb(c, CONN_TLS_READY, c->arg);
 		return;
 	}
-	ssize_t n = recv(c->fd, p, READ_CHUNK, 0);
-	if (n < 0) {
-		if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-			return;
+	switch (SSL_get_error(c->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		ev_io_stop(c->loop, &c->ww);
+		conn_update(c);
+		return;
+	case SSL_ERROR_WANT_WRITE:
+		ev_io_start(c->loop, &c->ww);
+		return;
+	default: {
+		char why[256];
+		tls_error_text(c->ssl, why, sizeof(why));
+		free(c->tls_err);
+		c->tls_err = strdup(why);
 		c->failed = 1;
-		c->err = errno;
+		c->err = EPROTO;
+		ev_io_stop(c->loop, &c->ww);
 		conn_update(c);
 		c->cb(c, CONN_ERROR, c->arg);
 		return;
+	}
+	}
+}
+
+int
+conn_tls_start(struct conn *c, SSL *ssl)
+{
+	if (c->ssl != NULL || c->fd < 0 || ssl == NULL) {
+		SSL_free(ssl);
+		return -1;
+	}
+	if (SSL_set_fd(ssl, c->fd) != 1) {
+		SSL_free(ssl);
+		return -1;
+	}
+	c->ssl = ssl;
+	if (c->out.len > 0) {
+		/* Finish the plain-text reply first; conn_write_cb resumes. */
+		c->tls_start = 1;
+		ev_io_start(c->loop, &c->ww);
+		return 0;
+	}
+	c->tls_handshake = 1;
+	conn_tls_step(c);
+	return 0;
+}
+
+/* --- events ----------------------------------------------------------------- */
+
+/* Read once; returns 1 if bytes arrived, 0 if nothing more now, -1 if the
+ * event was delivered to the owner (EOF or error): stop. */
+static int
+conn_read_once(struct conn *c)
+{
+	char *p = buf_reserve(&c->in, READ_CHUNK);
+	if (p == NULL) {
+		conn_fail(c, ENOMEM);
+		return 0;
+	}
+	ssize_t n;
+	if (c->ssl == NULL) {
+		n = recv(c->fd, p, READ_CHUNK, 0);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			goto error;
+		}
+	} else {
+		ERR_clear_error();
+		int r = SSL_read(c->ssl, p, READ_CHUNK);
+		if (r > 0) {
+			n = r;
+		} else {
+			switch (SSL_get_error(c->ssl, r)) {
+			case SSL_ERROR_WANT_READ:
+				return 0;
+			case SSL_ERROR_WANT_WRITE:
+				c->tls_read_wants_write = 1;
+				ev_io_start(c->loop, &c->ww);
+				return 0;
+			case SSL_ERROR_ZERO_RETURN:
+				n = 0;
+				break;
+			case SSL_ERROR_SYSCALL:
+				if (errno == 0) {
+					n = 0;	/* EOF without close_notify */
+					break;
+				}
+				goto error;
+			default:
+				errno = EPROTO;
+				goto error;
+			}
+		}
 	}
 	if (n == 0) {
 		c->eof = 1;
 		conn_update(c);
 		c->cb(c, CONN_EOF, c->arg);
-		return;
+		return -1;
 	}
 	c->bytes_in += (uint64_t)n;
 	buf_commit(&c->in, (size_t)n);
+	return 1;
+error:
+	c->failed = 1;
+	c->err = errno;
+	conn_update(c);
+	c->cb(c, CONN_ERROR, c->arg);
+	return -1;
+}
+
+static void
+conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct conn *c = w->data;
+
+	if (c->tls_handshake) {
+		conn_tls_step(c);
+		return;
+	}
+	if (c->tls_write_wants_read) {
+		c->tls_write_wants_read = 0;
+		if (conn_flush(c) < 0)
+			return;
+		conn_update(c);
+		if (!c->want_read)
+			return;
+	}
+	int got = 0, r;
+	/* TLS: drain what OpenSSL holds, or the watcher may never fire again. */
+	do {
+		r = conn_read_once(c);
+		if (r < 0)
+			return;
+		got |= r;
+	} while (r > 0 && c->ssl != NULL && SSL_pending(c->ssl) > 0 &&
+	    c->in.len < c->in_hwm);
+	if (!got)
+		return;
 	if (c->in.len >= c->in_hwm)
 		conn_update(c);
 	c->cb(c, CONN_DATA, c->arg);
@@ -211,8 +394,22 @@ conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 		c->cb(c, CONN_ERROR, c->arg);
 		return;
 	}
+	if (c->tls_handshake) {
+		conn_tls_step(c);
+		return;
+	}
+	if (c->tls_read_wants_write) {
+		c->tls_read_wants_write = 0;
+		ev_feed_event(loop, &c->rw, EV_READ);
+	}
 	if (conn_flush(c) < 0)
 		return;	/* reported on the next round of the write watcher */
+	if (c->tls_start && c->out.len == 0) {
+		c->tls_start = 0;
+		c->tls_handshake = 1;
+		conn_tls_step(c);
+		return;
+	}
 	if (c->out_high && c->out.len < CONN_OUT_HWM / 2) {
 		c->out_high = 0;
 		c->cb(c, CONN_LOWAT, c->arg);

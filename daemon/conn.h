@@ -8,6 +8,7 @@
 #define CONN_H
 
 #include <ev.h>
+#include <openssl/ssl.h>
 #include <stdint.h>
 
 #include "buffer.h"
@@ -19,7 +20,9 @@ enum conn_event {
 	CONN_LOWAT,	/* output fell below the low-water mark after being high */
 	CONN_DRAINED,	/* output fully written */
 	CONN_EOF,	/* peer closed its side; c->in may still hold bytes */
-	CONN_ERROR,	/* read or write failed; c->err is errno */
+	CONN_ERROR,	/* read or write failed; c->err is errno, and for a
+			 * failed TLS handshake c->tls_err says why */
+	CONN_TLS_READY,	/* the TLS handshake completed */
 };
 
 typedef void (*conn_cb)(struct conn *, enum conn_event, void *arg);
@@ -38,6 +41,12 @@ struct conn {
 	uint64_t bytes_in, bytes_out;
 	int err;
 	unsigned want_read:1, eof:1, failed:1, out_high:1, notify_drain:1;
+	/* TLS: once ssl is set every byte goes through it. */
+	SSL *ssl;
+	unsigned tls_handshake:1;	/* handshaking; owner's I/O waits */
+	unsigned tls_start:1;		/* handshake once plaintext is flushed */
+	unsigned tls_write_wants_read:1, tls_read_wants_write:1;
+	char *tls_err;			/* why the handshake failed */
 };
 
 void conn_init(struct conn *, struct ev_loop *, int fd, conn_cb, void *arg);
@@ -56,6 +65,15 @@ int conn_printf(struct conn *, const char *fmt, ...)
 void conn_want_read(struct conn *, int want);
 /* Re-evaluate the read watcher after the owner consumed from c->in. */
 void conn_update(struct conn *);
+
+/*
+ * Start TLS on this connection (it takes ownership of ssl). Output already
+ * queued is sent in plain text first (a "+OK Begin TLS" reply), and input
+ * already buffered is the owner's to discard. CONN_TLS_READY or CONN_ERROR
+ * follows. Returns -1 only on a bad call.
+ */
+int conn_tls_start(struct conn *, SSL *ssl);
+#define conn_is_tls(c) ((c)->ssl != NULL)
 
 /* Switch a connected socket to the mode a proxy wants: non-blocking,
  * TCP_NODELAY (each reply goes out at once: no Nagle/delayed-ACK stall). */

@@ -41,7 +41,7 @@ listener_accept_cb_io(struct ev_loop *loop, ev_io *w, int revents)
 			log_warn(NULL, "accept on %s: %s", l->text, strerror(errno));
 			return;
 		}
-		l->cb(l->arg, fd, &ss, len);
+		l->cb(l->arg, fd, &ss, len, l->tls);
 	}
 }
 
@@ -67,6 +67,7 @@ listener_new(struct ev_loop *loop, const struct listen_addr *la,
 	l->cb = cb;
 	l->arg = arg;
 	snprintf(l->text, sizeof(l->text), "%s", la->text);
+	l->tls = la->tls;
 	l->fd = socket(la->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
 	    SOCK_CLOEXEC, 0);
 	if (l->fd < 0)
@@ -82,7 +83,7 @@ listener_new(struct ev_loop *loop, const struct listen_addr *la,
 	ev_timer_init(&l->backoff, listener_backoff_cb, EMFILE_PAUSE, 0);
 	l->io.data = l->backoff.data = l;
 	ev_io_start(loop, &l->io);
-	log_info(NULL, "listening on %s", l->text);
+	log_info(NULL, "listening on %s%s", l->text, l->tls ? " (TLS)" : "");
 	return l;
 fail:
 	log_error(NULL, "cannot listen on %s: %s", la->text, strerror(errno));

@@ -9,7 +9,7 @@
 #include "config.h"
 
 typedef void (*listener_accept_cb)(void *arg, int fd,
-    const struct sockaddr_storage *peer, socklen_t len);
+    const struct sockaddr_storage *peer, socklen_t len, int tls);
 
 struct listener {
 	struct ev_loop *loop;
@@ -19,6 +19,7 @@ struct listener {
 	listener_accept_cb cb;
 	void *arg;
 	char text[80];
+	int tls;		/* implicit TLS (POP3S) */
 };
 
 /* Bind and listen; NULL with a logged reason on failure. */

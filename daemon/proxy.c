@@ -187,7 +187,7 @@ proxy_refuse(int fd, const char *line)
 
 static void
 proxy_accept(void *arg, int fd, const struct sockaddr_storage *peer,
-    socklen_t len)
+    socklen_t len, int tls)
 {
 	struct proxy *px = arg;
 	const struct config *cfg = px->cfg;
@@ -216,7 +216,7 @@ proxy_accept(void *arg, int fd, const struct sockaddr_storage *peer,
 		close(fd);
 		return;
 	}
-	struct session *s = session_new(px, fd, peer, len);
+	struct session *s = session_new(px, fd, peer, len, tls);
 	if (s == NULL) {
 		proxy_refuse(fd, "-ERR [SYS/TEMP] out of memory\r\n");
 		return;
@@ -365,7 +365,10 @@ proxy_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	struct proxy *px = w->data;
 
 	if (w->signum == SIGHUP) {
-		log_notice(NULL, "SIGHUP: nothing to reload");
+		if (px->cfg->tls_cert == NULL)
+			log_notice(NULL, "SIGHUP: no certificate to reload");
+		else
+			tls_reload(&px->tls, px->cfg);
 		return;
 	}
 	log_notice(NULL, "%s received", w->signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -391,6 +394,8 @@ proxy_new(struct ev_loop *loop, const struct config *cfg)
 	if (px->per_ip == NULL)
 		goto fail;
 	proxy_load_local_addrs(px);
+	if (tls_init(&px->tls, cfg) < 0)
+		goto fail;
 	px->resolver = resolver_new(loop, cfg->dns_servers, cfg->connect_timeout);
 	if (px->resolver == NULL) {
 		log_error(NULL, "cannot set up the DNS resolver");
@@ -402,7 +407,8 @@ proxy_new(struct ev_loop *loop, const struct config *cfg)
 			goto fail;
 	}
 	for (int i = 0; i < cfg->nlisten; i++) {
-		px->listeners[i] = listener_new(loop, &cfg->listen[i], proxy_accept, px);
+		px->listeners[i] = listener_new(loop, &cfg->listen[i], proxy_accept,
+		    px);
 		if (px->listeners[i] == NULL)
 			goto fail;
 		px->nlisteners++;
@@ -456,6 +462,7 @@ proxy_free(struct proxy *px)
 	ev_timer_stop(px->loop, &px->grace_timer);
 	retr_proxy_free(px);
 	filter_chain_free(px->filters);
+	tls_free(&px->tls);
 	resolver_free(px->resolver);
 	ipc_free(px->per_ip);
 	free(px->local_addrs);

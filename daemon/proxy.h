@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "tls.h"
 
 struct session;
 struct listener;
@@ -23,6 +24,7 @@ struct proxy {
 	int nlisteners;
 	struct resolver *resolver;
 	struct filter_chain *filters;	/* NULL: no filtering */
+	struct tls tls;
 
 	struct session *sessions;	/* all live sessions */
 	int nsessions;

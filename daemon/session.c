@@ -16,6 +16,7 @@
 #include "proxy.h"
 #include "retr.h"
 #include "session.h"
+#include "tls.h"
 
 #define PQ_MAX		4096	/* commands awaiting replies, per session */
 #define MAX_ERRORS	10	/* protocol errors in a row before we hang up */
@@ -23,6 +24,18 @@
 #define LINGER		5.0	/* seconds to flush a goodbye to a slow client */
 #define CAPBUF_MAX	16384
 
+static const char capa_prelogin_stls[] =
+    "+OK Capability list follows\r\n"
+    "STLS\r\n"
+    "USER\r\n"
+    "SASL PLAIN\r\n"
+    "PIPELINING\r\n"
+    "TOP\r\n"
+    "UIDL\r\n"
+    "RESP-CODES\r\n"
+    "AUTH-RESP-CODE\r\n"
+    "IMPLEMENTATION pop3proxyd\r\n"
+    ".\r\n";
 static const char capa_prelogin[] =
     "+OK Capability list follows\r\n"
     "USER\r\n"
@@ -230,6 +243,9 @@ session_drop_upstream(struct session *s)
 	ev_timer_stop(s->px->loop, &s->uptimer);
 	wipe_free(&s->secret);
 	wipe_free(&s->sasl_up);
+	free(s->saved_greeting);
+	s->saved_greeting = NULL;
+	s->up_tls = s->up_stls_offered = 0;
 }
 
 static void
@@ -271,7 +287,7 @@ session_linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 struct session *
 session_new(struct proxy *px, int fd, const struct sockaddr_storage *peer,
-    socklen_t len)
+    socklen_t len, int tls)
 {
 	struct session *s = calloc(1, sizeof(*s));
 
@@ -293,6 +309,11 @@ session_new(struct proxy *px, int fd, const struct sockaddr_storage *peer,
 	ev_init(&s->linger, session_linger_cb);
 	s->idle.data = s->uptimer.data = s->linger.data = s;
 	ev_timer_again(px->loop, &s->idle);
+	if (tls && conn_tls_start(&s->client, tls_server_new(&px->tls)) < 0) {
+		conn_close(&s->client);
+		free(s);
+		return NULL;
+	}
 	return s;
 }
 
@@ -398,6 +419,12 @@ session_update(struct session *s)
 static void
 session_login_failed(struct session *s, const char *line, size_t len)
 {
+	if (s->px->cfg->fixed) {
+		char buf[600];
+		snprintf(buf, sizeof(buf), "%.*s", (int)len, line ? line : "");
+		session_end(s, "server unusable", line ? buf : NULL);
+		return;
+	}
 	session_drop_upstream(s);
 	session_enter(s, S_AUTH);
 	if (line != NULL)
@@ -425,12 +452,32 @@ session_connected(void *arg, int fd, const char *err)
 		session_update(s);
 		return;
 	}
+	const struct config *cfg = s->px->cfg;
 	log_info(s->sid, "server %s:%u connected (%s)", s->rt.host, s->rt.port,
 	    s->uc.peer);
 	conn_init(&s->up, s->px->loop, fd, session_up_cb, s);
-	/* The greeting is a reply to no command: queue it as already sent. */
-	struct pending *p = pq_push(s, s->state == S_FIXED ? P_FIXED_GREETING :
-	    P_GREETING, 0);
+	s->up_implicit = cfg->upstream_tls == UP_TLS_IMPLICIT;
+	if (cfg->upstream_tls == UP_TLS_AUTO)
+		for (int i = 0; i < cfg->nimplicit; i++)
+			if (cfg->implicit_ports[i] == s->rt.port)
+				s->up_implicit = 1;
+	s->up_stls_want = !s->up_implicit && cfg->upstream_tls != UP_TLS_NONE;
+	if (s->up_implicit) {
+		int insecure = tls_insecure_for(cfg, s->rt.host);
+		if (insecure)
+			log_warn(s->sid, "certificate of %s will NOT be verified "
+			    "(--insecure-upstream)", s->rt.host);
+		SSL *ssl = tls_client_new(&s->px->tls, s->rt.host,
+		    s->rt.host_is_ip, insecure);
+		if (conn_tls_start(&s->up, ssl) < 0) {
+			session_login_failed(s, "-ERR [SYS/TEMP] cannot set up TLS\r\n", 36);
+			return;
+		}
+	}
+	/* The greeting is a reply to no command: queue it as already sent.
+	 * Fixed mode relays it, unless the proxy must first do STLS itself. */
+	struct pending *p = pq_push(s, s->state == S_FIXED && s->up_implicit ?
+	    P_FIXED_GREETING : P_GREETING, 0);
 	if (p == NULL) {
 		session_end(s, "out of memory", "-ERR [SYS/TEMP] out of memory\r\n");
 		return;
@@ -455,6 +502,8 @@ session_parse_upcapa(struct session *s)
 			k--;
 		if (k == 10 && strncasecmp(p, "PIPELINING", 10) == 0)
 			s->up_pipelining = 1;
+		if (k == 4 && strncasecmp(p, "STLS", 4) == 0)
+			s->up_stls_offered = 1;
 		if (k > 5 && strncasecmp(p, "SASL ", 5) == 0) {
 			for (size_t i = 5; i + 5 <= k; i++)
 				if (strncasecmp(p + i, "PLAIN", 5) == 0 &&
@@ -485,6 +534,68 @@ session_login_step(struct session *s)
 		n = snprintf(line, sizeof(line), "USER %s", s->rt.user);
 		session_send(s, P_FB_USER, 0, line, (size_t)n);
 	}
+}
+
+static int
+upstream_is_loopback(const struct session *s)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&s->uc.connected;
+
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr)
+		    >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		    (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+/*
+ * The server's CAPA is known: upgrade with STLS if we should, refuse to
+ * send a password in clear to a remote server, then log in (routing) or
+ * hand the server's greeting to the client (fixed mode).
+ */
+static void
+session_after_capa(struct session *s)
+{
+	const struct config *cfg = s->px->cfg;
+	char line[400];
+	int n;
+
+	if (!s->up_tls && s->up_stls_want &&
+	    (s->up_stls_offered || cfg->upstream_tls == UP_TLS_STLS)) {
+		session_send(s, P_UPSTLS, 0, "STLS", 4);
+		return;
+	}
+	if (!s->up_tls && cfg->upstream_tls == UP_TLS_STLS) {
+		n = snprintf(line, sizeof(line), "-ERR [SYS/PERM] %s does not offer "
+		    "STLS\r\n", s->rt.host);
+		log_info(s->sid, "%s:%u offers no STLS", s->rt.host, s->rt.port);
+		session_login_failed(s, line, (size_t)n);
+		return;
+	}
+	if (!s->up_tls && !cfg->allow_plaintext && !upstream_is_loopback(s)) {
+		n = snprintf(line, sizeof(line), "-ERR [SYS/PERM] %s:%u offers no "
+		    "TLS: the proxy will not send your password in plain text\r\n",
+		    s->rt.host, s->rt.port);
+		log_notice(s->sid, "refused plain-text login to %s:%u "
+		    "(--allow-plaintext-upstream is off)", s->rt.host, s->rt.port);
+		session_login_failed(s, line, (size_t)n);
+		return;
+	}
+	if (s->state == S_FIXED) {
+		if (s->saved_greeting != NULL) {
+			conn_write(&s->client, s->saved_greeting,
+			    strlen(s->saved_greeting));
+			free(s->saved_greeting);
+			s->saved_greeting = NULL;
+		}
+		session_client_input(s);
+		return;
+	}
+	session_login_step(s);
 }
 
 static void
@@ -645,14 +756,53 @@ client_is_loopback(const struct session *s)
 	return 0;
 }
 
+static int
+session_tls_required(const struct session *s)
+{
+	return s->px->cfg->require_tls && !s->client_tls && !client_is_loopback(s);
+}
+
+/*
+ * STLS from the client (RFC 2595): only before login. Whatever the client
+ * pipelined behind it in plain text is thrown away (CVE-2011-0411), and the
+ * handshake starts once "+OK" is out.
+ */
+static void
+session_stls(struct session *s)
+{
+	if (s->client_tls) {
+		session_reply(s, "-ERR already using TLS\r\n");
+		return;
+	}
+	if (s->px->tls.down == NULL || s->state == S_WAIT_PASS) {
+		session_reply(s, s->px->tls.down == NULL ?
+		    "-ERR STLS is not available here\r\n" :
+		    "-ERR STLS only before USER\r\n");
+		return;
+	}
+	conn_write(&s->client, "+OK Begin TLS negotiation\r\n", 28);
+	if (conn_tls_start(&s->client, tls_server_new(&s->px->tls)) < 0) {
+		session_end(s, "TLS set-up failed", NULL);
+		return;
+	}
+	s->stls_now = 1;
+}
+
 /* The proxy's own dialogue before login (routing mode). */
 static void
 session_prelogin(struct session *s, const struct cmd *c, const char *line,
     size_t len)
 {
+	if ((c->id == CMD_USER || c->id == CMD_PASS || c->id == CMD_AUTH) &&
+	    session_tls_required(s)) {
+		session_reply(s, "-ERR TLS is required here: use STLS (or POP3S) "
+		    "before logging in\r\n");
+		return;
+	}
 	switch (c->id) {
 	case CMD_CAPA:
-		session_reply(s, capa_prelogin);
+		session_reply(s, s->px->tls.down && !s->client_tls ?
+		    capa_prelogin_stls : capa_prelogin);
 		break;
 	case CMD_USER:
 		if (s->state == S_WAIT_PASS) {
@@ -684,7 +834,7 @@ session_prelogin(struct session *s, const struct cmd *c, const char *line,
 		    "USER user%host[:port] and PASS\r\n");
 		break;
 	case CMD_STLS:
-		session_reply(s, "-ERR STLS is not available here\r\n");
+		session_stls(s);
 		break;
 	case CMD_SHUTDOWN:
 		if (s->px->cfg->admin_shutdown && client_is_loopback(s) &&
@@ -717,6 +867,13 @@ session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
 	enum pend_kind kind = P_RELAY;
 	long msgno = 0;
 
+	if (s->state == S_FIXED && session_tls_required(s) &&
+	    (c->id == CMD_USER || c->id == CMD_PASS || c->id == CMD_APOP ||
+	    c->id == CMD_AUTH)) {
+		session_reply(s, "-ERR TLS is required here: use STLS (or POP3S) "
+		    "before logging in\r\n");
+		return;
+	}
 	switch (c->id) {
 	case CMD_QUIT:
 		kind = P_QUIT;
@@ -726,7 +883,10 @@ session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
 		kind = P_CAPA;
 		break;
 	case CMD_STLS:
-		session_reply(s, "-ERR STLS is not available here\r\n");
+		if (s->state == S_FIXED && s->pq_len == 0)
+			session_stls(s);
+		else
+			session_reply(s, "-ERR STLS only before login\r\n");
 		return;
 	case CMD_RETR:
 		msgno = pop3_msgno(c->args, c->args_len);
@@ -845,8 +1005,15 @@ session_client_input(struct session *s)
 			break;
 		if (n < 0) {
 			log_info(s->sid, "client line over %zu octets refused", max);
-			s->discard = 1;
-			buf_consume(in, in->len);
+			/* Drop the line through its end if it is here already,
+			 * else everything, and the rest of it as it comes. */
+			const char *lf = memchr(p, '\n', in->len);
+			if (lf != NULL) {
+				buf_consume(in, (size_t)(lf - p) + 1);
+			} else {
+				s->discard = 1;
+				buf_consume(in, in->len);
+			}
 			if (s->state == S_SASL)
 				session_enter(s, S_AUTH);
 			session_reply(s, "-ERR line too long\r\n");
@@ -871,6 +1038,14 @@ session_client_input(struct session *s)
 		if (s->state == S_CLOSING)
 			break;
 		buf_consume(in, (size_t)n);
+		if (s->stls_now) {
+			s->stls_now = 0;
+			if (in->len > 0)
+				log_notice(s->sid, "discarded %zu octets sent after "
+				    "STLS in plain text", in->len);
+			buf_consume(in, in->len);
+			break;
+		}
 	}
 	conn_update(&s->client);
 }
@@ -894,8 +1069,16 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 			break;	/* let the server confirm the QUIT */
 		session_end(s, "client closed", NULL);
 		return;
+	case CONN_TLS_READY:
+		s->client_tls = 1;
+		log_info(s->sid, "TLS with client: %s %s", SSL_get_version(c->ssl),
+		    SSL_get_cipher_name(c->ssl));
+		break;
 	case CONN_ERROR:
-		log_debug(s->sid, "client: %s", strerror(c->err));
+		if (c->tls_err != NULL)
+			log_info(s->sid, "client %s: %s", s->peer_text, c->tls_err);
+		else
+			log_debug(s->sid, "client: %s", strerror(c->err));
 		if (s->state == S_CLOSING) {
 			conn_close(&s->client);
 			ev_timer_stop(s->px->loop, &s->linger);
@@ -977,6 +1160,8 @@ session_capa_out(struct session *s)
 		}
 		p += n;
 	}
+	if (prelogin && s->px->tls.down && !s->client_tls)
+		conn_write(&s->client, "STLS\r\n", 6);
 	conn_write(&s->client, "PIPELINING\r\n.\r\n", 15);
 	buf_free(&s->capbuf);
 }
@@ -997,9 +1182,19 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 			session_login_failed(s, line, len);
 			return -1;
 		}
+		if (s->state == S_FIXED && s->saved_greeting == NULL)
+			s->saved_greeting = strndup(line, len);
 		return 0;
 	case P_UPCAPA:
 		s->up_capa_ok = ev->ok;
+		return 0;
+	case P_UPSTLS:
+		if (!ev->ok || ev->kind == RESP_CONT) {
+			log_info(s->sid, "%s refused STLS: %.*s", s->rt.host,
+			    (int)(len > 2 ? len - 2 : len), line);
+			s->up_stls_want = 0;
+			s->up_stls_offered = 0;
+		}
 		return 0;
 	case P_LOGIN_USER:
 		conn_write(&s->client, line, len);
@@ -1102,8 +1297,26 @@ session_done(struct session *s, struct pending *h, const struct resp_event *end)
 	case P_UPCAPA:
 		session_parse_upcapa(s);
 		pq_pop(s);
-		session_login_step(s);
+		session_after_capa(s);
 		return 0;
+	case P_UPSTLS:
+		pq_pop(s);
+		if (!s->up_stls_want) {
+			session_after_capa(s);	/* refused: decide on plain text */
+			return 0;
+		}
+		/* Anything the server sent after its +OK is not to be trusted. */
+		buf_consume(&s->up.in, s->up.in.len);
+		int insecure = tls_insecure_for(s->px->cfg, s->rt.host);
+		if (insecure)
+			log_warn(s->sid, "certificate of %s will NOT be verified "
+			    "(--insecure-upstream)", s->rt.host);
+		if (conn_tls_start(&s->up, tls_client_new(&s->px->tls, s->rt.host,
+		    s->rt.host_is_ip, insecure)) < 0) {
+			session_login_failed(s, "-ERR [SYS/TEMP] cannot set up TLS\r\n", 36);
+			return -1;
+		}
+		return -1;	/* parsing resumes after the handshake */
 	case P_FB_USER: {
 		char line[POP3_AUTH_MAX];
 		pq_pop(s);
@@ -1235,6 +1448,15 @@ static void
 session_up_lost(struct session *s, const char *why)
 {
 	log_info(s->sid, "server %s:%u: %s", s->rt.host, s->rt.port, why);
+	if (s->up.tls_err != NULL && !s->up_tls) {
+		char line[600];
+		int n = snprintf(line, sizeof(line), "-ERR [SYS/PERM] TLS with "
+		    "%s:%u failed: %s\r\n", s->rt.host, s->rt.port, s->up.tls_err);
+		session_login_failed(s, line, (size_t)n);
+		if (s->state != S_CLOSING)
+			session_client_input(s);
+		return;
+	}
 	switch (s->state) {
 	case S_LOGIN:
 	case S_PASS:
@@ -1273,8 +1495,21 @@ session_up_cb(struct conn *c, enum conn_event ev, void *arg)
 		session_up_lost(s, "closed the connection");
 		break;
 	case CONN_ERROR:
-		session_up_lost(s, strerror(c->err));
+		session_up_lost(s, c->tls_err ? c->tls_err : strerror(c->err));
 		break;
+	case CONN_TLS_READY: {
+		s->up_tls = 1;
+		int insecure = tls_insecure_for(s->px->cfg, s->rt.host);
+		log_info(s->sid, "TLS with server %s: %s %s, certificate %s",
+		    s->rt.host, SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl),
+		    insecure ? "NOT verified" : "verified");
+		if (!s->up_implicit) {
+			/* After STLS the server's capabilities are asked anew. */
+			session_send(s, P_UPCAPA, 1, "CAPA", 4);
+		}
+		session_upstream_input(s);
+		break;
+	}
 	case CONN_LOWAT:
 	case CONN_DRAINED:
 		session_client_input(s);

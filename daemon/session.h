@@ -44,6 +44,7 @@ enum pend_kind {
 	P_LOCAL,	/* the proxy's own reply, kept in order */
 	P_GREETING,	/* routing: upstream greeting, consumed */
 	P_UPCAPA,	/* routing: the proxy's CAPA, consumed */
+	P_UPSTLS,	/* the proxy's STLS towards the server */
 	P_LOGIN_USER,	/* routing: USER name; reply relayed */
 	P_FB_USER,	/* routing: USER for AUTH PLAIN fallback, consumed */
 	P_LOGIN_PASS,	/* routing: PASS or AUTH; reply relayed, +OK logs in */
@@ -91,6 +92,10 @@ struct session {
 	unsigned up_pipelining:1, up_sasl_plain:1, up_capa_ok:1;
 	unsigned quit_sent:1, discard:1, counted_ip:1;
 	unsigned sasl_route:1;		/* this login came by AUTH PLAIN */
+	unsigned client_tls:1, up_tls:1;	/* TLS established */
+	unsigned up_implicit:1, up_stls_want:1, up_stls_offered:1;
+	unsigned stls_now:1;		/* client STLS accepted this line */
+	char *saved_greeting;		/* fixed mode + STLS: relayed after TLS */
 	unsigned hold:1;		/* a RETR reply is being held */
 	char *secret;			/* AUTH PLAIN fallback password; wiped */
 	char *sasl_up;			/* base64 AUTH PLAIN for upstream; wiped */
@@ -121,7 +126,7 @@ struct session {
 };
 
 struct session *session_new(struct proxy *, int fd,
-    const struct sockaddr_storage *peer, socklen_t len);
+    const struct sockaddr_storage *peer, socklen_t len, int tls);
 /* Register done: greet the client, or connect at once in fixed mode. */
 void session_start(struct session *);
 /* Parse and relay what the server sent; also resumes after a filter. */

@@ -49,6 +49,7 @@ upstream_connected(struct upstream_connect *uc)
 {
 	int fd = uc->fd;
 
+	uc->connected = uc->addrs[uc->next - 1];
 	ev_io_stop(uc->px->loop, &uc->io);
 	ev_timer_stop(uc->px->loop, &uc->timer);
 	uc->fd = -1;

@@ -36,6 +36,7 @@ struct upstream_connect {
 	int active;
 	char err[512];
 	char peer[64];			/* the address connected to, for logs */
+	struct sockaddr_storage connected;
 };
 
 /* Start; the callback never runs from inside this call. 0 or -1 (ENOMEM). */
