@@ -14,6 +14,19 @@ AR      ?= ar
 CFLAGS  ?= -O2 -g
 WERROR  ?= -Werror
 PYTHON  ?= /usr/bin/python3
+
+# Where objects and programs go. `make SAN=1 ...` builds everything with
+# AddressSanitizer and UndefinedBehaviorSanitizer into build/san/ instead.
+ifeq ($(SAN),1)
+B       := build/san
+BIN     := build/san/bin
+CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+           -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+else
+B       := build
+BIN     := bin
+endif
 PKGS     = libcares msgpack openssl
 
 # Lazily expanded: pkg-config runs after scripts/deps.sh installed the packages.
@@ -25,36 +38,36 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -MMD -MP \
              -Iprotocol -Idaemon -Iclients/libpop3filter $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS     = -lev $(PKG_LIBS) -lm
 
-obj = $(patsubst %.c,build/%.o,$(1))
+obj = $(patsubst %.c,$(B)/%.o,$(1))
 
 # --- the wire codec (protocol/) -------------------------------------------
 PROTO_SRC := $(wildcard protocol/*.c)
-PROTO_LIB := build/libfp.a
+PROTO_LIB := $(B)/libfp.a
 
 # --- the daemon (daemon/): everything but main.c is the embeddable core ----
 CORE_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-CORE_LIB := build/libproxy.a
+CORE_LIB := $(B)/libproxy.a
 
 # --- the filter library (clients/libpop3filter/) --------------------------
 FLIB_SRC := $(wildcard clients/libpop3filter/*.c)
-FLIB_A   := build/libpop3filter.a
-FLIB_SO  := build/libpop3filter.so
+FLIB_A   := $(B)/libpop3filter.a
+FLIB_SO  := $(B)/libpop3filter.so
 
 # --- programs: bin/pop3proxyd, and one per clients/<name>/ or tests/bench/<name>/
 CLIENT_PROGS := $(notdir $(patsubst %/,%,$(filter-out clients/libpop3filter/,$(wildcard clients/*/))))
 BENCH_PROGS  := $(notdir $(patsubst %/,%,$(wildcard tests/bench/*/)))
-PROGS := bin/pop3proxyd $(addprefix bin/,$(CLIENT_PROGS)) $(addprefix bin/,$(BENCH_PROGS))
+PROGS := $(BIN)/pop3proxyd $(addprefix $(BIN)/,$(CLIENT_PROGS)) $(addprefix $(BIN)/,$(BENCH_PROGS))
 
 # --- unit tests: tests/unit/test_*.c, each a program linking the libraries -
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
-UNIT_BIN := $(patsubst tests/unit/%.c,build/tests/%,$(UNIT_SRC))
+UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps test unit integration run install clean
 .DEFAULT_GOAL := all
 
 all: $(PROGS) $(if $(FLIB_SRC),$(FLIB_A) $(FLIB_SO))
 
-build/%.o: %.c
+$(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -73,26 +86,26 @@ $(FLIB_A): $(call obj,$(FLIB_SRC))
 $(FLIB_SO): $(call obj,$(FLIB_SRC)) $(PROTO_LIB)
 	$(CC) -shared -Wl,-soname,libpop3filter.so.1 -o $@ $(call obj,$(FLIB_SRC)) $(PROTO_LIB) $(LDFLAGS) $(LDLIBS)
 
-bin/pop3proxyd: build/daemon/main.o $(CORE_LIB) $(PROTO_LIB)
-	@mkdir -p bin
+$(BIN)/pop3proxyd: $(B)/daemon/main.o $(CORE_LIB) $(PROTO_LIB)
+	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # A client program is every .c file of its folder, plus the libraries.
 define client_prog
-bin/$(1): $(call obj,$(wildcard clients/$(1)/*.c)) $(FLIB_A) $(PROTO_LIB)
-	@mkdir -p bin
+$(BIN)/$(1): $(call obj,$(wildcard clients/$(1)/*.c)) $(FLIB_A) $(PROTO_LIB)
+	@mkdir -p $(BIN)
 	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach p,$(CLIENT_PROGS),$(eval $(call client_prog,$(p))))
 
 define bench_prog
-bin/$(1): $(call obj,$(wildcard tests/bench/$(1)/*.c)) $(CORE_LIB) $(PROTO_LIB)
-	@mkdir -p bin
+$(BIN)/$(1): $(call obj,$(wildcard tests/bench/$(1)/*.c)) $(CORE_LIB) $(PROTO_LIB)
+	@mkdir -p $(BIN)
 	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach p,$(BENCH_PROGS),$(eval $(call bench_prog,$(p))))
 
-build/tests/%: build/tests/unit/%.o $(CORE_LIB) $(if $(FLIB_SRC),$(FLIB_A)) $(PROTO_LIB)
+$(B)/tests/%: $(B)/tests/unit/%.o $(CORE_LIB) $(if $(FLIB_SRC),$(FLIB_A)) $(PROTO_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -122,8 +135,20 @@ run:
 install: all
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(DOCDIR)
+	install -m 644 README LICENSE protocol/PROTOCOL.md $(DESTDIR)$(DOCDIR)/
+ifneq ($(FLIB_SRC),)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)
+	install -m 644 clients/libpop3filter/pop3filter.h protocol/fp.h $(DESTDIR)$(INCDIR)/
+	install -m 644 $(FLIB_A) $(PROTO_LIB) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(FLIB_SO) $(DESTDIR)$(LIBDIR)/libpop3filter.so.1
+	ln -sf libpop3filter.so.1 $(DESTDIR)$(LIBDIR)/libpop3filter.so
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCDIR@|$(INCDIR)|g' clients/libpop3filter/pop3filter.pc.in \
+	    > $(DESTDIR)$(LIBDIR)/pkgconfig/pop3filter.pc
+endif
 
 clean:
 	rm -rf build bin
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
