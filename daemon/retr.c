@@ -326,7 +326,7 @@ retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 		.upstream_port = s->rt.port,
 		.msgno = s->hold_msgno,
 		.size = s->hold_size >= 0 ? (uint64_t)s->hold_size : s->msg.len,
-		.uidl = NULL,
+		.uidl = session_uidl(s, s->hold_msgno),
 		.command = "RETR",
 	};
 	s->job = filter_submit(s->px->filters, &f, &s->msg, retr_done, s);

@@ -54,6 +54,7 @@ static void session_client_input(struct session *);
 static void session_update(struct session *);
 static void session_login_step(struct session *);
 static void session_client_line(struct session *, const char *, size_t);
+static void session_uidls_free(struct session *);
 
 static const char *const state_names[] = {
 	"AUTH", "SASL", "LOGIN", "WAIT_PASS", "PASS", "FIXED", "TRANSACTION",
@@ -383,6 +384,7 @@ session_free(struct session *s)
 	conn_close(&s->client);
 	conn_close(&s->up);
 	buf_free(&s->msg);
+	session_uidls_free(s);
 	free(s);
 }
 
@@ -882,6 +884,11 @@ session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
 	case CMD_CAPA:
 		kind = P_CAPA;
 		break;
+	case CMD_UIDL:
+		/* Filters are told each message's UIDL when it is known. */
+		if (s->px->filters != NULL)
+			kind = P_UIDL;
+		break;
 	case CMD_STLS:
 		if (s->state == S_FIXED && s->pq_len == 0)
 			session_stls(s);
@@ -1166,6 +1173,83 @@ session_capa_out(struct session *s)
 	buf_free(&s->capbuf);
 }
 
+/* --- UIDLs, for the facts a filter is given ------------------------------- */
+
+#define UIDL_MAX_MSGS	1000000
+#define UIDL_MAX_LEN	70	/* RFC 1939: 1 to 70 characters */
+
+/* "n uid": remember uid for message n. Bad lines are ignored. */
+static void
+session_uidl_line(struct session *s, const char *p, size_t n)
+{
+	while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r'))
+		n--;
+	const char *sp = memchr(p, ' ', n);
+	if (sp == NULL)
+		return;
+	long no = pop3_msgno(p, (size_t)(sp - p));
+	const char *u = sp + 1;
+	size_t ulen = n - (size_t)(u - p);
+	if (no <= 0 || no > UIDL_MAX_MSGS || ulen == 0 || ulen > UIDL_MAX_LEN)
+		return;
+	for (size_t i = 0; i < ulen; i++)
+		if ((unsigned char)u[i] < 0x21 || (unsigned char)u[i] > 0x7e)
+			return;
+	if ((uint32_t)no > s->nuidls) {
+		uint32_t cap = s->nuidls ? s->nuidls : 16;
+		while (cap < (uint32_t)no)
+			cap *= 2;
+		char **a = realloc(s->uidls, cap * sizeof(*a));
+		if (a == NULL)
+			return;
+		memset(a + s->nuidls, 0, (cap - s->nuidls) * sizeof(*a));
+		s->uidls = a;
+		s->nuidls = cap;
+	}
+	free(s->uidls[no - 1]);
+	s->uidls[no - 1] = strndup(u, ulen);
+}
+
+/* Body octets of a UIDL listing arrive in runs that may split lines. */
+static void
+session_uidl_data(struct session *s, const char *p, size_t n)
+{
+	const char *end = p + n;
+
+	while (p < end) {
+		const char *lf = memchr(p, '\n', (size_t)(end - p));
+		size_t k = lf ? (size_t)(lf - p) + 1 : (size_t)(end - p);
+		if (s->uidl_line.len + k <= 128)
+			buf_append(&s->uidl_line, p, k);
+		else
+			s->uidl_line.len = 128;	/* too long: ignored below */
+		if (lf != NULL) {
+			if (s->uidl_line.len < 128)
+				session_uidl_line(s, buf_ptr(&s->uidl_line),
+				    s->uidl_line.len);
+			buf_free(&s->uidl_line);
+		}
+		p += k;
+	}
+}
+
+const char *
+session_uidl(const struct session *s, uint32_t n)
+{
+	return n >= 1 && n <= s->nuidls ? s->uidls[n - 1] : NULL;
+}
+
+static void
+session_uidls_free(struct session *s)
+{
+	for (uint32_t i = 0; i < s->nuidls; i++)
+		free(s->uidls[i]);
+	free(s->uidls);
+	s->uidls = NULL;
+	s->nuidls = 0;
+	buf_free(&s->uidl_line);
+}
+
 /* A status line arrived for the head of the queue. Returns -1 if the
  * session ended or the upstream was dropped (stop parsing). */
 static int
@@ -1252,6 +1336,11 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 	case P_CAPA:
 		conn_write(&s->client, line, len);
 		return 0;
+	case P_UIDL:
+		conn_write(&s->client, line, len);
+		if (ev->ok && !h->multi && len > 4)
+			session_uidl_line(s, line + 4, len - 4);
+		return 0;
 	case P_RETR:
 		if (ev->ok && ev->kind == RESP_STATUS)
 			return retr_status(s, h, line, len);
@@ -1278,6 +1367,10 @@ session_data(struct session *s, struct pending *h, const struct resp_event *ev)
 		break;
 	case P_RETR:
 		retr_data(s, ev);
+		break;
+	case P_UIDL:
+		conn_write(&s->client, ev->p, ev->len);
+		session_uidl_data(s, ev->p + ev->stuffed, ev->len - ev->stuffed);
 		break;
 	default:
 		conn_write(&s->client, ev->p, ev->len);

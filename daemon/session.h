@@ -53,6 +53,7 @@ enum pend_kind {
 	P_FIXED_AUTH,	/* fixed: AUTH; continuations relayed both ways */
 	P_RELAY,	/* any other command: relayed as is */
 	P_CAPA,		/* relayed, minus capabilities we cannot honour */
+	P_UIDL,		/* relayed; unique ids remembered for the filters */
 	P_RETR,		/* relayed, or held for the filters */
 	P_QUIT,		/* relayed; the session ends after the reply */
 };
@@ -96,6 +97,9 @@ struct session {
 	unsigned up_implicit:1, up_stls_want:1, up_stls_offered:1;
 	unsigned stls_now:1;		/* client STLS accepted this line */
 	char *saved_greeting;		/* fixed mode + STLS: relayed after TLS */
+	char **uidls;			/* by message number, when filtering */
+	uint32_t nuidls;
+	struct buf uidl_line;		/* a UIDL listing line being split */
 	unsigned hold:1;		/* a RETR reply is being held */
 	char *secret;			/* AUTH PLAIN fallback password; wiped */
 	char *sasl_up;			/* base64 AUTH PLAIN for upstream; wiped */
@@ -127,6 +131,8 @@ struct session {
 
 struct session *session_new(struct proxy *, int fd,
     const struct sockaddr_storage *peer, socklen_t len, int tls);
+/* The UIDL of message n, if the client asked for it; NULL otherwise. */
+const char *session_uidl(const struct session *, uint32_t n);
 /* Register done: greet the client, or connect at once in fixed mode. */
 void session_start(struct session *);
 /* Parse and relay what the server sent; also resumes after a filter. */
