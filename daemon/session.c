@@ -115,17 +115,14 @@ pq_push(struct session *s, enum pend_kind kind, int multi)
 static void
 pq_pop(struct session *s)
 {
+	if (s->pq_sent > 0) {
+		s->pq_sent--;
+		if (pq_at(s, 0)->kind != P_LOCAL)
+			s->up_owed--;
+	}
 	s->pq_head = (s->pq_head + 1) % s->pq_cap;
 	s->pq_len--;
-	if (s->pq_sent > 0)
-		s->pq_sent--;
 	s->rp_active = 0;
-	if (s->pq_len == 0) {
-		/* An idle session keeps no queue memory. */
-		free(s->pq);
-		s->pq = NULL;
-		s->pq_cap = s->pq_head = 0;
-	}
 }
 
 static void
@@ -133,20 +130,13 @@ pq_clear(struct session *s)
 {
 	free(s->pq);
 	s->pq = NULL;
-	s->pq_cap = s->pq_head = s->pq_len = s->pq_sent = 0;
+	s->pq_cap = s->pq_head = s->pq_len = s->pq_sent = s->up_owed = 0;
 	s->rp_active = 0;
 	buf_free(&s->unsent);
 }
 
 /* Replies still owed by the server: sent entries that are not P_LOCAL. */
-static int
-pq_upstream_owed(struct session *s)
-{
-	for (uint32_t i = 0; i < s->pq_sent; i++)
-		if (pq_at(s, i)->kind != P_LOCAL)
-			return 1;
-	return 0;
-}
+#define pq_upstream_owed(s) ((s)->up_owed > 0)
 
 /*
  * Send queued commands upstream, in order. A server that did not offer
@@ -164,22 +154,44 @@ pq_flush(struct session *s)
 			buf_consume(&s->unsent, p->unsent);
 			p->unsent = 0;
 		}
+		if (p->kind != P_LOCAL)
+			s->up_owed++;
 		s->pq_sent++;
 	}
-	buf_shrink(&s->unsent, 0);
+	if (s->unsent.len == 0)
+		buf_shrink(&s->unsent, 0);
 }
 
 /* Queue a command for upstream; `line` is sent with CRLF, whatever the
- * client used. */
+ * client used. In the usual case it goes straight out in one write. */
 static struct pending *
 session_send(struct session *s, enum pend_kind kind, int multi,
     const char *line, size_t len)
 {
+	size_t orig = len;
+
 	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
 		len--;
 	struct pending *p = pq_push(s, kind, multi);
 	if (p == NULL)
 		return NULL;
+	if (s->pq_sent == s->pq_len - 1 && (s->up_pipelining || !s->up_owed)) {
+		char tmp[POP3_AUTH_MAX + 64];
+		if (orig == len + 2 && line[len] == '\r' && line[len + 1] == '\n') {
+			conn_write(&s->up, line, len + 2);	/* as the client sent it */
+		} else if (len + 2 <= sizeof(tmp)) {
+			memcpy(tmp, line, len);
+			memcpy(tmp + len, "\r\n", 2);
+			conn_write(&s->up, tmp, len + 2);
+			explicit_bzero(tmp, len);	/* may be a password */
+		} else {
+			goto queue;
+		}
+		s->up_owed++;
+		s->pq_sent++;
+		return p;
+	}
+queue:
 	if (buf_append(&s->unsent, line, len) < 0 ||
 	    buf_append(&s->unsent, "\r\n", 2) < 0) {
 		s->pq_len--;
@@ -485,6 +497,7 @@ session_connected(void *arg, int fd, const char *err)
 		return;
 	}
 	s->pq_sent = 1;
+	s->up_owed = 1;
 	session_update(s);
 	if (s->state == S_FIXED)
 		session_client_input(s);	/* commands sent before we connected */

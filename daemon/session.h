@@ -84,6 +84,7 @@ struct session {
 	struct pending *pq;
 	uint32_t pq_head, pq_len, pq_cap;
 	uint32_t pq_sent;		/* entries already sent upstream */
+	uint32_t up_owed;		/* of those, replies the server owes */
 	struct buf unsent;		/* command octets not yet sent */
 	struct resp_parser rp;
 	int rp_active;
