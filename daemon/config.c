@@ -23,7 +23,7 @@ enum {
 	OPT_QUARANTINE, OPT_HELP, OPT_VERSION,
 	OPT_LISTEN_TLS, OPT_UP_TLS, OPT_IMPLICIT_PORTS, OPT_ALLOW_PLAIN,
 	OPT_UP_CA, OPT_INSECURE, OPT_CIPHERS, OPT_MIN_VERSION, OPT_CERT,
-	OPT_KEY, OPT_REQUIRE_TLS,
+	OPT_KEY, OPT_REQUIRE_TLS, OPT_USER, OPT_GROUP, OPT_ALLOW_ROOT,
 };
 
 static const struct option long_opts[] = {
@@ -61,6 +61,9 @@ static const struct option long_opts[] = {
 	{ "tls-cert",		required_argument, NULL, OPT_CERT },
 	{ "tls-key",		required_argument, NULL, OPT_KEY },
 	{ "require-tls",	no_argument,	   NULL, OPT_REQUIRE_TLS },
+	{ "user",		required_argument, NULL, OPT_USER },
+	{ "group",		required_argument, NULL, OPT_GROUP },
+	{ "allow-root",		no_argument,	   NULL, OPT_ALLOW_ROOT },
 	{ "help",		no_argument,	   NULL, OPT_HELP },
 	{ "version",		no_argument,	   NULL, OPT_VERSION },
 	{ NULL, 0, NULL, 0 },
@@ -130,6 +133,9 @@ config_usage(FILE *out)
 "  --syslog                  log to syslog (facility mail) instead of stderr\n"
 "  --daemon                  detach from the terminal\n"
 "  --pidfile FILE            write the process id here\n"
+"  --user USER               after binding, run as this user (started as root)\n"
+"  --group GROUP             and this group (default: the user's)\n"
+"  --allow-root              keep running as root (not recommended)\n"
 "  --admin-shutdown          honour SHUTDOWN from loopback clients before login\n"
 "  --greeting TEXT           text of the proxy's +OK greeting\n"
 "  --help, --version\n", out);
@@ -468,6 +474,15 @@ config_parse(struct config *cfg, int argc, char **argv)
 			break;
 		case OPT_REQUIRE_TLS:
 			cfg->require_tls = 1;
+			break;
+		case OPT_USER:
+			cfg->user = optarg;
+			break;
+		case OPT_GROUP:
+			cfg->group = optarg;
+			break;
+		case OPT_ALLOW_ROOT:
+			cfg->allow_root = 1;
 			break;
 		case OPT_HELP:
 			config_usage(stdout);

@@ -45,6 +45,8 @@ struct config {
 	int daemonize;
 	const char *pidfile;
 	int admin_shutdown;
+	const char *user, *group;	/* drop to these after binding */
+	int allow_root;
 	const char *greeting;
 
 	/* TLS. */

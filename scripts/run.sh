@@ -17,14 +17,23 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 set -- --listen "$LISTEN"
+AS=""
+if [ "$(id -u)" = 0 ]; then
+	# As root: the proxy drops to nobody once bound, and the filter runs
+	# as nobody too, so the proxy can reach its socket.
+	chown nobody "$RUNDIR"
+	set -- "$@" --user nobody
+	AS="runuser -u nobody --"
+fi
 if [ -x bin/pop3filter-ref ]; then
 	SOCK="$RUNDIR/filter.sock"
-	bin/pop3filter-ref --socket "$SOCK" &
+	$AS bin/pop3filter-ref --socket "$SOCK" &
 	FILTER_PID=$!
 	i=0
 	while [ ! -S "$SOCK" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 	set -- "$@" --filter "unix:$SOCK" --quarantine "$RUNDIR/quarantine"
 	mkdir -p "$RUNDIR/quarantine"
+	[ -n "$AS" ] && chown nobody "$RUNDIR/quarantine"
 fi
 
 cat <<MSG

@@ -585,6 +585,8 @@ class Proxy:
         self.port = free_port()
         self.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
         argv = [PROXY_BIN, "--listen", self.listen]
+        if os.geteuid() == 0 and "--user" not in flags:
+            argv.append("--allow-root")  # tests run as root; see test of --user
         if dns is not None:
             argv += ["--dns-server", dns]
         for a in allow:
@@ -659,7 +661,7 @@ class Proxy:
             self.proc.wait(5)
         return rc, took
 
-    def connect(self, timeout=10, source=None):
+    def connect(self, timeout=5, source=None):
         return RawPop3(self.host, self.port, timeout=timeout, source=source)
 
 
@@ -672,6 +674,7 @@ class FakeConn:
         self.server = server
         self.buf = b""
         self.received = b""
+        self.peer_closed = None     # set by drain(): did the proxy close?
         sock.settimeout(10)
 
     def send(self, data):
@@ -722,6 +725,7 @@ class FakeConn:
         got = bytearray()
         closed = wait_eof(self.sock, timeout, got, 10)
         self.received += bytes(got)
+        self.peer_closed = closed
         return closed
 
     def close(self):
