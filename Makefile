@@ -152,3 +152,21 @@ clean:
 	rm -rf build bin
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
+
+# --- bench (issue 7; owned by the benchmark: tests/bench/, scripts/bench*) ---
+# make bench: every scenario, medians of 3 rounds, ~10 minutes; writes the
+# table with the machine and the date to docs/BENCHMARKS.md.
+# make bench-quick: one short round of each, under a minute; prints only.
+.PHONY: bench bench-quick
+bench:
+	@scripts/deps.sh build
+	@scripts/bench-setup.sh
+	@$(MAKE) --no-print-directory all
+	@$(PYTHON) scripts/bench.py --write
+
+bench-quick:
+	@scripts/deps.sh build
+	@scripts/bench-setup.sh
+	@$(MAKE) --no-print-directory all
+	@$(PYTHON) scripts/bench.py --quick
+# --- end of bench ---
