@@ -10,6 +10,7 @@
 
 static void conn_read_cb(struct ev_loop *, ev_io *, int);
 static void conn_write_cb(struct ev_loop *, ev_io *, int);
+static void conn_linger_cb(struct ev_loop *, ev_timer *, int);
 
 void
 pf_conn_accept(struct pf *f, int fd)
@@ -27,7 +28,8 @@ pf_conn_accept(struct pf *f, int fd)
 	fp_reader_init(&c->rd, f->max_frame, FP_ROLE_FILTER);
 	ev_io_init(&c->rio, conn_read_cb, fd, EV_READ);
 	ev_io_init(&c->wio, conn_write_cb, fd, EV_WRITE);
-	c->rio.data = c->wio.data = c;
+	ev_timer_init(&c->linger, conn_linger_cb, PF_DRAIN_QUIET, 0.0);
+	c->rio.data = c->wio.data = c->linger.data = c;
 	ev_io_start(f->loop, &c->rio);
 	c->next = f->conns;
 	if (f->conns != NULL)
@@ -53,6 +55,7 @@ pf_conn_close(struct pf_conn *c, const char *why)
 		pf_req_cancel(c->reqs, why);
 	ev_io_stop(f->loop, &c->rio);
 	ev_io_stop(f->loop, &c->wio);
+	ev_timer_stop(f->loop, &c->linger);
 	close(c->fd);
 	fp_reader_free(&c->rd);
 	fp_buf_free(&c->out);
@@ -138,18 +141,35 @@ send_error(struct pf_conn *c, bool has_id, uint64_t id, const char *code,
 	fp_buf_free(&b);
 }
 
-/* Close once nothing more is owed: after a fatal error (state CLOSING), or
- * while draining when no request is left. Output is flushed first. */
+/* Close once nothing more is owed: after a fatal error (state CLOSING) as
+ * soon as the output is out. While draining, when no request is left and
+ * the connection has been quiet for PF_DRAIN_QUIET: requests the proxy sent
+ * before it read our "drain" may still be on the way, and are answered. */
 void
 pf_conn_maybe_finish(struct pf_conn *c)
 {
-	if (c->state != PF_CONN_CLOSING && !(c->f->draining && c->nreqs == 0 &&
-	    c->state == PF_CONN_READY))
-		return;
 	if (c->out_off < c->out.len)
 		return;		/* the write callback comes back here */
-	pf_conn_close(c, c->state == PF_CONN_CLOSING ? "protocol error" :
-	    "drained");
+	if (c->state == PF_CONN_CLOSING) {
+		pf_conn_close(c, "protocol error");
+		return;
+	}
+	if (!c->f->draining || c->state != PF_CONN_READY)
+		return;
+	ev_timer_stop(c->f->loop, &c->linger);
+	if (c->nreqs == 0) {
+		ev_timer_set(&c->linger, PF_DRAIN_QUIET, 0.0);
+		ev_timer_start(c->f->loop, &c->linger);
+	}
+}
+
+static void
+conn_linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct pf_conn *c = w->data;
+
+	if (c->nreqs == 0 && c->out_off == c->out.len)
+		pf_conn_close(c, "drained");
 }
 
 static void

@@ -11,6 +11,7 @@
 #define PF_DEFAULT_INFLIGHT	64
 #define PF_DRAIN_TIMEOUT	60.0	/* then cancel what the author holds */
 #define PF_READ_BURST		8	/* recv() calls per read event */
+#define PF_DRAIN_QUIET		0.25	/* idle this long after drain: close */
 
 struct pf_conn;
 
@@ -44,6 +45,7 @@ struct pf_conn {
 	unsigned		 serial;	/* for log lines */
 	int			 fd;
 	ev_io			 rio, wio;
+	ev_timer		 linger;	/* draining: quiet, then close */
 	struct fp_reader	 rd;
 	struct fp_buf		 out;
 	size_t			 out_off;	/* sent part of out */

@@ -595,6 +595,11 @@ test_drain(void)
 	/* "drain" first; the held request is answered later, then close. */
 	CHECK_INT(cl_next(&c, &m, 2000), 1);
 	CHECK(m.type == FP_MSG_DRAIN && fp_str_eq(m.drain.reason, "unit"));
+	/* A request that crossed our "drain" is still answered. */
+	x.mode = M_ACCEPT_EDIT;
+	cl_request(&c, 2, MSG, sizeof(MSG) - 1, false);
+	CHECK_INT(cl_next(&c, &m, 2000), 1);
+	CHECK(m.type == FP_MSG_VERDICT && m.verdict.id == 2);
 	ev_timer_init(&x.timer, timer_cb, 0.02, 0.0);
 	x.timer.data = &x;
 	ev_timer_start(x.loop, &x.timer);
