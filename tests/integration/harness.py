@@ -125,6 +125,23 @@ def wait_eof(sock, timeout, sink, restore_timeout):
     return False
 
 
+def is_listening(port):
+    """Whether some socket listens on this TCP port (from /proc/net, so that
+    checking does not make a connection the server would log)."""
+    hexport = ":%04X" % port
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[1].endswith(hexport) and fields[3] == "0A":
+                        return True
+        except OSError:
+            continue
+    return False
+
+
 def ipv6_loopback_usable():
     try:
         s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -382,7 +399,7 @@ protocol pop3 {{
         self._write_conf()
         self.proc = self.procs.spawn(["dovecot", "-F", "-c", self.conf], "dovecot-stdout")
         try:
-            wait_until(lambda: self.proc.poll() is not None or can_connect("127.0.0.1", self.port),
+            wait_until(lambda: self.proc.poll() is not None or is_listening(self.port),
                        10, what="dovecot on port %d" % self.port)
         except TimeoutError:
             raise RuntimeError("dovecot did not start:\n" + tail(self.log) + tail(self.proc.log_path))
@@ -595,6 +612,10 @@ class Proxy:
             argv += ["--log-level", log_level]
         if grace is not None:
             argv += ["--grace", str(grace)]
+        # The daemon refuses to stay root: run it as the unprivileged mail
+        # user unless the test chooses (--user / --allow-root) itself.
+        if os.geteuid() == 0 and not {"--user", "--allow-root"} & {str(f).split("=")[0] for f in flags}:
+            argv += ["--user", MAIL_USER]
         argv += list(flags)
         self.argv = argv
         self.proc = None
@@ -618,8 +639,15 @@ class Proxy:
         except TimeoutError:
             # The contract promises the line; a separate test checks it.  Fall
             # back to connect() so one missing log line doesn't fail everything.
-            if not can_connect(self.host, self.port):
+            if not is_listening(self.port):
                 raise RuntimeError("proxy not listening:\n" + tail(self.log))
+        # Best effort beyond the contract: the daemon logs "started" once it is
+        # fully set up (after dropping privileges); don't fail if it doesn't.
+        try:
+            wait_until(lambda: self.proc.poll() is not None or
+                       re.search(r"\bstarted\b", self.log_text()), 1, what="started")
+        except TimeoutError:
+            pass
         if self.proc.poll() is not None:
             raise RuntimeError("proxy exited with %s:\n%s" % (self.proc.returncode, tail(self.log)))
         return self
@@ -702,8 +730,10 @@ class FakeConn:
             raise AssertionError("fake upstream expected %r, got %r" % (prefix, l))
         return l
 
-    def login(self, greeting=b"+OK fake ready\r\n", capa=b"USER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n"):
-        """Serve greeting, CAPA (routing mode asks), USER, PASS."""
+    def login(self, greeting=b"+OK fake ready\r\n", capa=b"USER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n",
+              pass_reply=b"+OK logged in\r\n"):
+        """Serve greeting, CAPA (routing mode asks), USER, PASS (answered
+        with pass_reply); returns after PASS."""
         self.send(greeting)
         while True:
             l = self.line()
@@ -715,7 +745,7 @@ class FakeConn:
             elif verb == b"USER":
                 self.send(b"+OK\r\n")
             elif verb == b"PASS":
-                self.send(b"+OK logged in\r\n")
+                self.send(pass_reply)
                 return
             else:
                 self.send(b"-ERR not now\r\n")
