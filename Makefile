@@ -170,3 +170,48 @@ bench-quick:
 	@$(MAKE) --no-print-directory all
 	@$(PYTHON) scripts/bench.py --quick
 # --- end of bench ---
+
+# ==== fuzzing (owned by the fuzzing work, tests/fuzz/) =======================
+# libFuzzer targets built with clang straight from the module sources (not the
+# gcc objects) under ASan+UBSan into build/fuzz/. `make fuzz` runs each target
+# FUZZ_SECONDS (60) in turn, `make fuzz-quick` 10 s each; seeds and kept
+# regression inputs are tests/fuzz/corpus/<target>/, see docs/FUZZING.md.
+FUZZ_CC      ?= clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_QUICK_SECONDS ?= 10
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+                -Wall -Wextra -Wno-unused-parameter -Wno-duplicate-decl-specifier \
+                -Idaemon -Iprotocol -Itests/fuzz
+FUZZ_TARGETS := fuzz_cmd fuzz_resp fuzz_route fuzz_codec fuzz_edit
+FUZZ_BINS    := $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+fuzz_cmd_SRC   := daemon/pop3.c daemon/base64.c
+fuzz_resp_SRC  := daemon/pop3.c
+fuzz_route_SRC := daemon/route.c daemon/policy.c
+fuzz_codec_SRC := protocol/fp.c protocol/fp_edit.c
+fuzz_edit_SRC  := protocol/fp.c protocol/fp_edit.c
+
+.PHONY: fuzz fuzz-quick fuzz-build fuzz-seeds
+
+define fuzz_bin
+build/fuzz/$(1): tests/fuzz/$(1).c tests/fuzz/fuzz.h $$($(1)_SRC) $$(wildcard daemon/*.h protocol/*.h)
+	@mkdir -p build/fuzz
+	$$(FUZZ_CC) $$(FUZZ_FLAGS) $$(PKG_CFLAGS) -o $$@ $$< $$($(1)_SRC) $$(PKG_LIBS)
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call fuzz_bin,$(t))))
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+fuzz-quick: fuzz-build
+	@tests/fuzz/run.sh $(FUZZ_QUICK_SECONDS) $(FUZZ_BINS)
+
+# Rewrites the generated seeds (codec frames, transcripts) in the corpus.
+fuzz-seeds:
+	@mkdir -p build/fuzz tests/fuzz/corpus
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -Wno-duplicate-decl-specifier -Iprotocol \
+	    $(PKG_CFLAGS) -o build/fuzz/mkseeds tests/fuzz/mkseeds.c $(fuzz_codec_SRC) $(PKG_LIBS)
+	build/fuzz/mkseeds tests/fuzz/corpus
+# ==== end of fuzzing =========================================================
