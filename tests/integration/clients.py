@@ -59,7 +59,10 @@ def fetchmail(procs, work, host, port, user, password, keep=True, timeout=120):
                                   _rcquote(mda)))
     rc.chmod(0o600)
     env = dict(os.environ, FETCHMAILHOME=str(work), HOME=str(work))
-    status, text = procs.run(["fetchmail", "-f", rc, "--nosyslog", "--invisible", "-v",
+    # root's default lock is /var/run/fetchmail.pid, shared by every run on
+    # the machine: a private --pidfile keeps parallel runs apart.
+    status, text = procs.run(["fetchmail", "-f", rc, "--pidfile", work / "fetchmail.pid",
+                              "--nosyslog", "--invisible", "-v",
                               "--nodetach", "--all", "-k" if keep else "--nokeep"],
                              "fetchmail", timeout=timeout, env=env)
     return status, _numbered(out), text

@@ -81,7 +81,7 @@ def test_idle_timeout_before_login(proxy_factory):
     with proxy.connect() as c:
         t = time.monotonic()
         assert c.is_closed(5), "idle client not disconnected"
-        assert 0.8 < time.monotonic() - t < 4
+        assert 0.8 < time.monotonic() - t < 5
 
 
 def test_idle_timeout_after_login_sends_no_quit(dovecot, proxy_factory):
@@ -91,7 +91,7 @@ def test_idle_timeout_after_login_sends_no_quit(dovecot, proxy_factory):
     c.ok("DELE 1")
     t = time.monotonic()
     assert c.is_closed(5), "idle client not disconnected"
-    assert 0.8 < time.monotonic() - t < 4
+    assert 0.8 < time.monotonic() - t < 5
     c.close()
     assert session_ended_without_quit(dovecot), "the proxy sent QUIT upstream"
     assert dovecot.stored_count("alice") == 1
@@ -115,10 +115,10 @@ def test_idle_timeout_fake_upstream_sees_no_quit(proxy_factory, fake_upstream):
 
 
 def test_activity_keeps_the_session(dovecot, proxy_factory):
-    proxy = proxy_factory(["--idle-timeout", "2"])
+    proxy = proxy_factory(["--idle-timeout", "1"])
     with via(proxy, dovecot) as c:
-        for _ in range(8):
-            time.sleep(0.5)
+        for _ in range(6):             # 2.4 s in all, never 1 s idle
+            time.sleep(0.4)
             assert c.cmd("NOOP").startswith(b"+OK")
 
 
@@ -158,7 +158,7 @@ def test_sigterm_grace_expires_without_quit(dovecot, proxy_factory):
     t = time.monotonic()
     proxy.signal(signal.SIGTERM)
     assert c.is_closed(5), "session not closed when the grace period ended"
-    assert 0.8 < time.monotonic() - t < 4
+    assert 0.8 < time.monotonic() - t < 5
     c.close()
     assert proxy.wait_exit(5) == 0
     assert session_ended_without_quit(dovecot)
@@ -230,14 +230,10 @@ def test_shutdown_after_login_is_relayed(dovecot, proxy_factory):
 def test_passwords_and_auth_data_never_logged(dovecot, proxy_factory):
     proxy = proxy_factory()
     secrets = set()
-    # USER/PASS, right and wrong
+    # USER/PASS
     with via(proxy, dovecot) as c:
         c.ok("STAT")
     secrets.add(PW)
-    with proxy.connect() as c:
-        c.ok("USER " + dovecot.route("alice"))
-        c.cmd("PASS Wrong-Secret-4417")
-    secrets.add("Wrong-Secret-4417")
     # AUTH PLAIN, initial response and continuation
     bob = USERS["bob"]
     ir = plain_ir(dovecot.route("bob"), bob)
@@ -257,6 +253,11 @@ def test_passwords_and_auth_data_never_logged(dovecot, proxy_factory):
         ir2 = plain_ir("alice", PW)
         assert c.cmd("AUTH PLAIN " + ir2).startswith(b"+OK")
     secrets |= {digest, ir2}
+    # A wrong password last: Dovecot slows down every later login after one.
+    with proxy.connect() as c:
+        c.ok("USER " + dovecot.route("alice"))
+        assert c.cmd("PASS Wrong-Secret-4417").startswith(b"-ERR")
+    secrets.add("Wrong-Secret-4417")
     logs = proxy.log_text() + fixed.log_text()
     for s in secrets:
         assert s not in logs, "secret %r found in the proxy log" % s

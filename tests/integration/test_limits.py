@@ -84,8 +84,16 @@ def test_max_sessions_per_ip(proxy_factory):
     line, s = greeting_of(proxy, source=("127.0.0.2", 0))
     s.close()
     assert line == b"+OK pop3proxyd ready\r\n"
+    # Slots are given back when sessions end.
     a.close()
     b.close()
+
+    def two_fit():
+        got = [greeting_of(proxy) for _ in range(2)]
+        for _, s in got:
+            s.close()
+        return all(line.startswith(b"+OK") for line, _ in got)
+    wait_until(two_fit, 5, what="two sessions from 127.0.0.1 after the first two ended")
 
 
 # --------------------------------------------------------------------------

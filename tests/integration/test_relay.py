@@ -329,3 +329,62 @@ def test_fixed_upstream_user_pass_and_auth(dovecot, proxy_factory):
         r = c.cmd("AUTH PLAIN " + plain_ir("john@example.com", USERS["john@example.com"]))
         assert r.startswith(b"+OK"), r
         assert c.ok("STAT") == b"+OK 0 0\r\n"
+
+
+def test_dele_and_quit_pipelined_commit(dovecot, proxy):
+    for i in range(3):
+        dovecot.deliver("alice", message("pq%d" % i, b"x\n"))
+    with via(proxy, dovecot) as c:
+        c.send(b"DELE 1\r\nDELE 2\r\nRETR 3\r\nQUIT\r\n")
+        replies = read_replies(c, ["DELE 1", "DELE 2", "RETR 3", "QUIT"])
+        assert [r[0][:3] for r in replies] == [b"+OK"] * 4, replies
+        assert c.is_closed(5)
+    assert dovecot.stored_count("alice") == 1
+
+
+def test_client_vanishes_during_a_big_retr(dovecot, proxy):
+    """Hang up after 100 KB of a 20 MB RETR (with a DELE pending): the
+    upstream is closed without QUIT and the proxy carries on."""
+    dovecot.deliver("alice", big_message(20))
+    dovecot.deliver("alice", message("small", b"small\n"))
+    c = via(proxy, dovecot)
+    c.ok("DELE 2")
+    c.send(b"RETR 1\r\n")
+    got = 0
+    while got < 100 * 1024:
+        got += len(c.sock.recv(65536))
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()
+    dovecot.wait_log(r"pop3\(alice\).*Disconnected", 1, timeout=15)
+    ends = re.findall(r"pop3\(alice\).*Disconnected: ([^\n]*)", dovecot.log_text())
+    assert not any(e.startswith("Logged out") for e in ends), ends
+    assert dovecot.stored_count("alice") == 2
+    with via(proxy, dovecot) as c2:
+        assert c2.ok("STAT").startswith(b"+OK 2 ")
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_reader_does_not_make_the_proxy_buffer_the_message(dovecot, proxy):
+    """Backpressure: while a client reads nothing of a 20 MB RETR, the proxy
+    must not pull the whole message into memory (it stops reading upstream)."""
+    dovecot.deliver("alice", big_message(20))
+    c = via(proxy, dovecot)
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        before = rss_kib(proxy.proc.pid)
+        c.send(b"RETR 1\r\n")
+        time.sleep(1.5)
+        grown = rss_kib(proxy.proc.pid) - before
+        assert grown < 8 * 1024, "proxy RSS grew by %d KiB for one stalled reader" % grown
+        # And the reader, once it reads, gets the whole message intact.
+        status, raw = c.line(), c.multi()
+        assert octets(status) == len(unstuff(raw)) >= 20 * 1024 * 1024
+    finally:
+        c.close()

@@ -297,3 +297,23 @@ def test_routing_loop_to_the_proxy_itself(dovecot, proxy):
         assert time.monotonic() - t < 15
     with via(proxy, dovecot) as c:
         assert c.ok("STAT")
+
+
+def test_commands_are_case_insensitive(dovecot, proxy):
+    m = message("case", b"lower case client\n")
+    dovecot.deliver("alice", m)
+    with proxy.connect() as c:
+        status, body = c.cmd_multi("capa")
+        assert status.startswith(b"+OK") and b"PIPELINING" in body
+        c.ok("user " + dovecot.route("alice"))
+        c.ok("Pass " + PW)
+        status, raw = c.cmd_multi("retr 1")
+        assert unstuff(raw) == crlf(m)
+    with proxy.connect() as c:
+        assert c.cmd("auth plain " + plain_ir(dovecot.route("alice"), PW)).startswith(b"+OK")
+
+
+def test_quit_before_login(proxy):
+    with proxy.connect() as c:
+        assert c.cmd("QUIT").startswith(b"+OK")
+        assert c.is_closed(5)
