@@ -214,4 +214,17 @@ fuzz-seeds:
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -Wno-duplicate-decl-specifier -Iprotocol \
 	    $(PKG_CFLAGS) -o build/fuzz/mkseeds tests/fuzz/mkseeds.c $(fuzz_codec_SRC) $(PKG_LIBS)
 	build/fuzz/mkseeds tests/fuzz/corpus
+# make test-san: the unit and integration tests against the ASan+UBSan build
+# (build/san/); a leak, a memory error or undefined behaviour fails the run:
+# the unit tests by their exit status, the proxy by the sanitizer report the
+# integration fixtures look for in its log.
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:detect_stack_use_after_return=1 \
+           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+           LSAN_OPTIONS=print_suppressions=0 POP3PROXY_BIN_DIR=$(CURDIR)/build/san/bin
+.PHONY: test-san
+test-san:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory SAN=1 all
+	@$(SAN_ENV) $(MAKE) --no-print-directory SAN=1 unit
+	@$(SAN_ENV) $(MAKE) --no-print-directory SAN=1 integration
 # ==== end of fuzzing =========================================================

@@ -88,6 +88,9 @@ def dovecot_factory(request, wtmp, procs):
         d.stop()
 
 
+SANITIZER_REPORT = r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|LeakSanitizer has encountered"
+
+
 @pytest.fixture
 def proxy_factory(request, procs):
     """start(flags=(), **Proxy kwargs) -> a running Proxy.
@@ -116,6 +119,9 @@ def proxy_factory(request, procs):
             problems.append("proxy did not exit within 5 s of SIGTERM (killed)")
         elif rc != 0 and not getattr(p, "expect_exit", False):
             problems.append("proxy exited with status %s after SIGTERM" % rc)
+    for p in started:   # the ASan+UBSan build (make test-san) reports here
+        if p.proc is not None and re.search(SANITIZER_REPORT, p.log_text()):
+            problems.append("sanitizer report in the proxy log %s" % p.log)
     if problems:
         pytest.fail("; ".join(problems) + "\n" + "\n".join(tail(p.log, 30) for p in started if p.proc),
                     pytrace=False)
