@@ -202,7 +202,7 @@ module POP3Filter
 
     def log(text) = warn("#{@name}: #{text}")
 
-    def send(c, m)
+    def transmit(c, m)
       c[:wlock].synchronize do
         c[:sock].write(POP3Filter.frame(m))
         c[:last_io] = Time.now
@@ -214,7 +214,7 @@ module POP3Filter
     def error(c, code, message, id = nil)
       e = { 'type' => 'error', 'code' => code, 'message' => message.to_s[0, 4000] }
       e['id'] = id unless id.nil?
-      send(c, e)
+      transmit(c, e)
     end
 
     def answer(c, m)
@@ -243,7 +243,7 @@ module POP3Filter
         log("message #{id}: #{e.message}")
         { 'type' => 'error', 'id' => id, 'code' => 'internal', 'message' => e.message[0, 4000] }
       end
-      send(c, out)
+      transmit(c, out)
     end
 
     def hello(c, m)
@@ -256,10 +256,17 @@ module POP3Filter
         return false
       end
       c[:granted] = @actions & m['capabilities']
-      send(c, { 'type' => 'hello_ack', 'version' => 1, 'filter' => @name, 'commands' => ['retr'],
-                'actions' => @actions, 'max_message_size' => 0, 'max_frame' => MAX_FRAME,
-                'max_inflight' => @max_inflight })
-      c[:ready] = true
+      # Ready and hello_ack under one lock: a "drain" from the signal
+      # thread then comes after the hello_ack, never before or not at all.
+      ack = POP3Filter.frame({ 'type' => 'hello_ack', 'version' => 1, 'filter' => @name,
+                               'commands' => ['retr'], 'actions' => @actions,
+                               'max_message_size' => 0, 'max_frame' => MAX_FRAME,
+                               'max_inflight' => @max_inflight })
+      c[:wlock].synchronize do
+        c[:sock].write(ack)
+        c[:ready] = true
+      end
+      true
     end
 
     def frame(c, m)
@@ -269,7 +276,7 @@ module POP3Filter
       when 'request' then answer(c, m)
       when 'ping'
         raise BadFrame.new('bad_frame', 'ping.id') unless POP3Filter.uint?(m['id'])
-        send(c, { 'type' => 'pong', 'id' => m['id'] })
+        transmit(c, { 'type' => 'pong', 'id' => m['id'] })
       when 'error' then log("proxy reports #{m['code']}: #{m['message']}")
       when 'cancel', 'pong' then nil # handled in turn: nothing left to stop
       when 'hello' then raise BadFrame.new('bad_frame', 'second hello')
@@ -322,12 +329,16 @@ module POP3Filter
       @lock.synchronize { @conns.delete(c.object_id) }
     end
 
+    # "drain" goes out first, then the flag: the quiet time before a
+    # connection thread closes counts from the drain frame, however late
+    # this thread got to run.
     def drain(why)
-      @draining = true
-      log("#{why}: draining #{@conns.size} connection(s)")
-      @lock.synchronize { @conns.values }.each do |c|
-        send(c, { 'type' => 'drain', 'reason' => why }) if c[:ready]
+      conns = @lock.synchronize { @conns.values }
+      log("#{why}: draining #{conns.size} connection(s)")
+      conns.each do |c|
+        transmit(c, { 'type' => 'drain', 'reason' => why }) if c[:ready]
       end
+      @draining = true
     end
 
     def run(path)
