@@ -2,6 +2,7 @@
 # a second signal, the SHUTDOWN command, and what its log must (not) contain.
 import base64
 import hashlib
+import os
 import re
 import signal
 import socket
@@ -10,8 +11,8 @@ import time
 
 import pytest
 
-from harness import (PROXY_BIN, USERS, RawPop3, crlf, direct, free_port, message, plain_ir,
-                     unstuff, via)
+from harness import (PROXY_BIN, USERS, RawPop3, crlf, direct, free_port, is_listening, message,
+                     plain_ir, unstuff, via, wait_until)
 
 PW = USERS["alice"]
 
@@ -278,3 +279,50 @@ def test_session_end_line(dovecot, proxy):
     sid = re.search(r"\[([^\]]+)\] session end", line).group(1)
     session_lines = [l for l in proxy.log_text().splitlines() if "[%s]" % sid in l]
     assert len(session_lines) >= 2
+
+
+def test_two_listeners(dovecot, proxy_factory):
+    if not dovecot.v6:
+        pytest.skip("no ::1 here")
+    port6 = free_port("::1")
+    proxy = proxy_factory(["--listen", "[::1]:%d" % port6])
+    proxy.wait_log(r"listening on \[::1\]:%d" % port6, timeout=5)
+    m = message("two", b"either door\n")
+    dovecot.deliver("alice", m)
+    for host, port in (("127.0.0.1", proxy.port), ("::1", port6)):
+        with RawPop3(host, port) as c:
+            c.login(dovecot.route("alice"), PW)
+            status, raw = c.cmd_multi("RETR 1")
+            assert unstuff(raw) == crlf(m)
+
+
+def test_daemon_mode_with_pidfile(dovecot, procs, wtmp):
+    port = free_port()
+    pidfile = wtmp / "pop3proxyd.pid"
+    rc, out = procs.run([PROXY_BIN, "--listen", "127.0.0.1:%d" % port, "--dns-server",
+                         "127.0.0.1:1", "--allow-upstream", "127.0.0.1:*", "--user", "nobody",
+                         "--daemon", "--pidfile", pidfile], "pop3proxyd-daemon", timeout=10)
+    pid = None
+    try:
+        assert rc == 0, out
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5,
+                   what="the pidfile")
+        pid = int(pidfile.read_text().strip())
+        wait_until(lambda: is_listening(port), 5, what="the daemon's listener")
+        m = message("daemon", b"served by a daemon\n")
+        dovecot.deliver("alice", m)
+        with RawPop3("127.0.0.1", port) as c:
+            c.login(dovecot.route("alice"), PW)
+            status, raw = c.cmd_multi("RETR 1")
+            assert unstuff(raw) == crlf(m)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists("/proc/%d" % pid) or
+                   "zombie" in open("/proc/%d/status" % pid).read(), 5,
+                   what="the daemon to exit after SIGTERM")
+        pid = None
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -2,6 +2,7 @@
 # error replies for bad names, unknown hosts, refused and forbidden upstreams.
 import base64
 import re
+import socket
 import time
 
 import pytest
@@ -317,3 +318,31 @@ def test_quit_before_login(proxy):
     with proxy.connect() as c:
         assert c.cmd("QUIT").startswith(b"+OK")
         assert c.is_closed(5)
+
+
+def test_connect_timeout(proxy_factory):
+    """A server whose accept queue is full drops our SYNs: --connect-timeout
+    must end the wait with -ERR [SYS/TEMP]."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    held = []
+    try:
+        for _ in range(3):          # fill the accept queue; later SYNs are dropped
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            held.append(s)
+        time.sleep(0.2)
+        proxy = proxy_factory(["--connect-timeout", "1"])
+        with proxy.connect(timeout=10) as c:
+            t = time.monotonic()
+            r = c.cmd("USER alice%%127.0.0.1:%d" % port)
+            took = time.monotonic() - t
+        assert r.startswith(b"-ERR [SYS/TEMP] cannot connect to 127.0.0.1:%d" % port), r
+        assert 0.8 < took < 5, took
+    finally:
+        for s in held:
+            s.close()
+        lsock.close()
