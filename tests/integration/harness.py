@@ -12,6 +12,7 @@ Everything here starts real programs.  Invariants:
 """
 
 import base64
+import contextlib
 import os
 import pwd
 import re
@@ -77,6 +78,29 @@ def _port_free_on_both(port):
         finally:
             s.close()
     return True
+
+
+@contextlib.contextmanager
+def blackhole():
+    """A port on 127.0.0.1 whose full accept queue silently drops new SYNs,
+    so connect() to it hangs (for connect timeouts)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    held = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            held.append(s)
+        time.sleep(0.1)
+        yield port
+    finally:
+        for s in held:
+            s.close()
+        lsock.close()
 
 
 def closed_port():

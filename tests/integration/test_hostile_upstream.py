@@ -339,3 +339,35 @@ def test_fixed_upstream_relays_greeting_and_binary(capa_reply, proxy_factory, fa
         assert c.cmd("QUIT") == b"+OK bye\r\n"
     fake.wait_finished(1)
     fake.check()
+
+
+# --------------------------------------------------------------------------
+# the server's own refusals pass through unchanged
+
+@pytest.mark.parametrize("reply", [b"-ERR [IN-USE] mailbox locked by another session\r\n",
+                                   b"-ERR [LOGIN-DELAY] wait 900 seconds\r\n",
+                                   b"-ERR [SYS/TEMP] try later\r\n"],
+                         ids=["in-use", "login-delay", "sys-temp"])
+def test_pass_refusal_with_response_code_relayed(reply, proxy_factory, fake_upstream):
+    fake = fake_upstream(lambda conn: (conn.login(pass_reply=reply), conn.drain(5)))
+    proxy = proxy_factory(TIMEOUT_FLAGS)
+    with proxy.connect() as c:
+        c.ok("USER " + route(fake))
+        assert c.cmd("PASS pw") == reply
+
+
+def test_user_refusal_relayed(proxy_factory, fake_upstream):
+    def script(conn):
+        conn.send(b"+OK hi\r\n")
+        while True:
+            l = conn.line()
+            if l is None:
+                return
+            if l.upper().startswith(b"CAPA"):
+                conn.send(b"+OK\r\nUSER\r\n.\r\n")
+            elif l.upper().startswith(b"USER"):
+                conn.send(b"-ERR [AUTH] no such user here\r\n")
+    fake = fake_upstream(script)
+    proxy = proxy_factory(TIMEOUT_FLAGS)
+    with proxy.connect() as c:
+        assert c.cmd("USER " + route(fake)) == b"-ERR [AUTH] no such user here\r\n"

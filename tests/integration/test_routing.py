@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from harness import (USERS, RawPop3, can_connect, closed_port, crlf, message, plain_ir,
-                     unstuff, via)
+from harness import (USERS, RawPop3, blackhole, can_connect, closed_port, crlf, message,
+                     plain_ir, unstuff, via)
 
 PW = USERS["alice"]
 
@@ -323,18 +323,7 @@ def test_quit_before_login(proxy):
 def test_connect_timeout(proxy_factory):
     """A server whose accept queue is full drops our SYNs: --connect-timeout
     must end the wait with -ERR [SYS/TEMP]."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(0)
-    port = lsock.getsockname()[1]
-    held = []
-    try:
-        for _ in range(3):          # fill the accept queue; later SYNs are dropped
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            held.append(s)
-        time.sleep(0.2)
+    with blackhole() as port:
         proxy = proxy_factory(["--connect-timeout", "1"])
         with proxy.connect(timeout=10) as c:
             t = time.monotonic()
@@ -342,7 +331,63 @@ def test_connect_timeout(proxy_factory):
             took = time.monotonic() - t
         assert r.startswith(b"-ERR [SYS/TEMP] cannot connect to 127.0.0.1:%d" % port), r
         assert 0.8 < took < 5, took
+
+
+# --------------------------------------------------------------------------
+# a client that leaves while its upstream is still being found
+
+def silent_dns():
+    """A UDP 'DNS server' on loopback that never answers."""
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    return u
+
+
+def test_silent_dns_server(proxy_factory):
+    u = silent_dns()
+    try:
+        proxy = proxy_factory(["--connect-timeout", "2"], allow=("silent.example:*",),
+                              dns="127.0.0.1:%d" % u.getsockname()[1])
+        with proxy.connect(timeout=30) as c:
+            t = time.monotonic()
+            r = c.cmd("USER alice%silent.example:110")
+            took = time.monotonic() - t
+        assert r.startswith(b"-ERR [SYS/TEMP] cannot resolve silent.example"), r
+        assert took < 20, took
+        u.settimeout(1)
+        assert u.recv(512), "the proxy never asked the configured DNS server"
     finally:
-        for s in held:
-            s.close()
-        lsock.close()
+        u.close()
+
+
+def test_client_leaves_while_resolving(dovecot, proxy_factory):
+    u = silent_dns()
+    try:
+        proxy = proxy_factory(["--connect-timeout", "1"],
+                              allow=("silent.example:*", "127.0.0.1:*"),
+                              dns="127.0.0.1:%d" % u.getsockname()[1])
+        for _ in range(5):
+            c = proxy.connect()
+            c.send(b"USER alice%silent.example:110\r\n")
+            time.sleep(0.05)
+            c.close()
+        time.sleep(2)            # the lookups' deadlines pass with nobody waiting
+        assert proxy.alive()
+        with via(proxy, dovecot) as c:
+            assert c.ok("STAT")
+    finally:
+        u.close()
+
+
+def test_client_leaves_while_connecting(dovecot, proxy_factory):
+    with blackhole() as port:
+        proxy = proxy_factory(["--connect-timeout", "1"])
+        for _ in range(5):
+            c = proxy.connect()
+            c.send(b"USER alice%%127.0.0.1:%d\r\n" % port)
+            time.sleep(0.05)
+            c.close()
+        time.sleep(1.5)          # the connects time out with nobody waiting
+        assert proxy.alive()
+        with via(proxy, dovecot) as c:
+            assert c.ok("STAT")
