@@ -832,7 +832,6 @@ job_reject(struct filter_job *j, struct filter *f, const struct fp_verdict *v,
 		    err, sizeof(err)) < 0) {
 			log_error(j->facts.sid, "filter: msg %u: cannot quarantine "
 			    "the rejected message: %s", j->facts.msgno, err);
-			job_note(j, "%s:reject(quarantine failed)", f->label);
 			job_tempfail(j, "%s", "rejected message cannot be kept, "
 			    "try again later");
 			return;
@@ -846,7 +845,6 @@ job_reject(struct filter_job *j, struct filter *f, const struct fp_verdict *v,
 		log_warn(j->facts.sid, "filter %s: msg %u rejected, but without "
 		    "--quarantine or a quarantine_id nobody keeps the original: "
 		    "temporary failure instead", f->label, j->facts.msgno);
-		job_note(j, "%s:reject(not kept)", f->label);
 		job_tempfail(j, "%s", "message rejected by the mail filter but it "
 		    "cannot be kept, try again later");
 		return;

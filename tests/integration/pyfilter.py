@@ -220,6 +220,63 @@ class Filter:
         await send(v)
 
 
+class FilterProc:
+    """Runs this file as a filter service for a test (see tests/integration).
+
+    procs is the harness's ProcessSet, so the filter is killed at teardown
+    whatever happens; dirpath must be short (UNIX socket paths).
+    """
+
+    def __init__(self, procs, dirpath, name="f1", mode="accept", args=()):
+        self.procs = procs
+        self.name = name
+        self.sock = os.path.join(str(dirpath), name + ".sock")
+        self.logfile = os.path.join(str(dirpath), name + ".jsonl")
+        self.argv = ["/usr/bin/python3", os.path.abspath(__file__), "--socket", self.sock,
+                     "--name", name, "--mode", mode, "--log", self.logfile] + list(args)
+        self.proc = None
+
+    @property
+    def flag(self):
+        return "--filter=unix:" + self.sock
+
+    def start(self, timeout=10):
+        import socket as _s
+        self.proc = self.procs.spawn(self.argv, "pyfilter-" + self.name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("pyfilter exited with %s" % self.proc.returncode)
+            try:
+                c = _s.socket(_s.AF_UNIX, _s.SOCK_STREAM)
+                c.connect(self.sock)
+                c.close()
+                # That probe connection is not a proxy: it sent no hello.
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("pyfilter did not listen on %s" % self.sock)
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def events(self, kind=None):
+        try:
+            with open(self.logfile) as f:
+                ev = [json.loads(l) for l in f if l.strip()]
+        except FileNotFoundError:
+            return []
+        return [e for e in ev if kind is None or e["event"] == kind]
+
+    def requests(self):
+        return self.events("request")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--socket", required=True)
