@@ -226,3 +226,62 @@ def start_tls_proxy(proxy_factory, pki, dovecot=None, extra=(), listen_tls=True,
     if tls_port is not None:
         p.wait_log(re.escape("listening on 127.0.0.1:%d (TLS)" % tls_port))
     return p
+
+
+# --------------------------------------------------------------------------
+# real clients over TLS (runners as in clients.py, with TLS settings)
+
+def mpop_tls(procs, work, host, port, user, password, ca_pem, starttls):
+    """mpop with TLS: POP3S (starttls False) or STLS; keeps the mail."""
+    import os
+    from clients import _mda, _numbered, _rcquote
+    work, mda, out = _mda(work)
+    rc = work / "mpoprc"
+    rc.write_text("account default\n"
+                  "host %s\nport %d\nuser %s\npassword %s\n"
+                  "auth user\ntls on\ntls_starttls %s\ntls_trust_file %s\n"
+                  "received_header off\nkeep on\nonly_new off\nuidls_file %s\n"
+                  "delivery mda %s\n" % (host, port, _rcquote(user), _rcquote(password),
+                                          "on" if starttls else "off", ca_pem,
+                                          work / "uidls", _rcquote(mda)))
+    rc.chmod(0o600)
+    status, text = procs.run(["mpop", "-C", rc, "--debug", "-a"], "mpop-tls", timeout=60,
+                             env=dict(os.environ, HOME=str(work)))
+    return status, _numbered(out), text
+
+
+def fetchmail_tls(procs, work, host, port, user, password, ca_pem, starttls):
+    """fetchmail with certificate checking: --ssl (POP3S) or STLS."""
+    import os
+    from clients import _mda, _numbered, _rcquote
+    work, mda, out = _mda(work)
+    rc = work / "fetchmailrc"
+    tls = ("sslproto 'tls1.2+' sslcertck sslcertfile %s" % _rcquote(str(ca_pem)) if starttls
+           else "ssl sslcertck sslcertfile %s" % _rcquote(str(ca_pem)))
+    rc.write_text("poll %s port %d proto pop3 auth password\n"
+                  "  user %s password %s\n"
+                  "  %s keep\n"
+                  "  mda %s\n" % (host, port, _rcquote(user), _rcquote(password), tls,
+                                  _rcquote(mda)))
+    rc.chmod(0o600)
+    env = dict(os.environ, FETCHMAILHOME=str(work), HOME=str(work))
+    status, text = procs.run(["fetchmail", "-f", rc, "--nosyslog", "--invisible", "-v",
+                              "--nodetach", "--all", "-k"], "fetchmail-tls", timeout=60, env=env)
+    return status, _numbered(out), text
+
+
+def curl_tls(procs, work, url_base, user, password, msgno, ca_pem, ssl_reqd=False):
+    """curl RETR msgno over pop3s:// or pop3:// with --ssl-reqd (STLS)."""
+    import urllib.parse
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / ("curl-%s.out" % msgno)
+    cred = urllib.parse.quote(user, safe="") + ":" + urllib.parse.quote(password, safe="")
+    scheme, rest = url_base.split("://", 1)
+    url = "%s://%s@%s/%s" % (scheme, cred, rest, msgno)
+    argv = ["curl", "-sS", "-v", "--max-time", "30", "--cacert", ca_pem]
+    if ssl_reqd:
+        argv.append("--ssl-reqd")
+    argv += ["-o", out, url]
+    status, text = procs.run(argv, "curl-tls", timeout=40)
+    return status, (out.read_bytes() if out.exists() else None), text
