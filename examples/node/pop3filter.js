@@ -228,6 +228,10 @@ class Filter {
         actions: this.actions, max_message_size: 0, max_frame: MAX_FRAME,
         max_inflight: this.maxInflight });
       c.ready = true;
+      if (this.draining) {
+        this.send(c, { type: 'drain', reason: 'draining' });
+        this.linger(c);
+      }
       return true;
     }
     if (t === 'request') {

@@ -256,8 +256,6 @@ module POP3Filter
         return false
       end
       c[:granted] = @actions & m['capabilities']
-      # Ready and hello_ack under one lock: a "drain" from the signal
-      # thread then comes after the hello_ack, never before or not at all.
       ack = POP3Filter.frame({ 'type' => 'hello_ack', 'version' => 1, 'filter' => @name,
                                'commands' => ['retr'], 'actions' => @actions,
                                'max_message_size' => 0, 'max_frame' => MAX_FRAME,
@@ -266,7 +264,22 @@ module POP3Filter
         c[:sock].write(ack)
         c[:ready] = true
       end
+      send_drain(c) # if draining began during the handshake
       true
+    end
+
+    # Exactly once per connection, after its hello_ack: both the signal
+    # thread and the connection's own thread (right after the handshake)
+    # come here, and the check and the write share the connection's lock.
+    def send_drain(c)
+      c[:wlock].synchronize do
+        next unless @drain_started && c[:ready] && !c[:drain_sent]
+        c[:sock].write(POP3Filter.frame({ 'type' => 'drain', 'reason' => 'SIGTERM' }))
+        c[:drain_sent] = true
+        c[:last_io] = Time.now
+      end
+    rescue IOError, SystemCallError
+      nil
     end
 
     def frame(c, m)
@@ -329,15 +342,14 @@ module POP3Filter
       @lock.synchronize { @conns.delete(c.object_id) }
     end
 
-    # "drain" goes out first, then the flag: the quiet time before a
-    # connection thread closes counts from the drain frame, however late
+    # "drain" goes out first, then the flag that lets idle connections
+    # close: their quiet time counts from the drain frame, however late
     # this thread got to run.
     def drain(why)
+      @drain_started = true
       conns = @lock.synchronize { @conns.values }
       log("#{why}: draining #{conns.size} connection(s)")
-      conns.each do |c|
-        transmit(c, { 'type' => 'drain', 'reason' => why }) if c[:ready]
-      end
+      conns.each { |c| send_drain(c) }
       @draining = true
     end
 
