@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import (PROXY_BIN, USERS, RawPop3, crlf, direct, free_port, is_listening, message,
+from harness import (PROXY_BIN, USERS, RawPop3, big_message, crlf, direct, free_port, is_listening, message,
                      plain_ir, unstuff, via, wait_until)
 
 PW = USERS["alice"]
@@ -326,3 +326,22 @@ def test_daemon_mode_with_pidfile(dovecot, procs, wtmp):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_sigterm_during_a_big_retr(dovecot, proxy_factory):
+    """A 20 MB RETR under way when SIGTERM comes finishes intact within the grace."""
+    proxy = proxy_factory(grace=20)
+    proxy.expect_exit = True
+    m = big_message(20)
+    dovecot.deliver("alice", m)
+    c = via(proxy, dovecot)
+    c.sock.settimeout(20)
+    c.send(b"RETR 1\r\n")
+    status = c.line()
+    proxy.signal(signal.SIGTERM)
+    raw = c.multi()
+    assert unstuff(raw) == crlf(m)
+    assert c.cmd("QUIT").startswith(b"+OK")
+    c.close()
+    assert proxy.wait_exit(5) == 0
+    assert status.startswith(b"+OK")
