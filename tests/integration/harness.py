@@ -651,6 +651,8 @@ class Proxy:
         argv += list(flags)
         self.argv = argv
         self.proc = None
+        self.signalled = False      # the test sent a signal (stop() included)
+        self.expect_exit = False    # the test checks the exit itself
 
     @property
     def log(self):
@@ -698,6 +700,7 @@ class Proxy:
         return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig=signal.SIGTERM):
+        self.signalled = True
         self.proc.send_signal(sig)
 
     def wait_exit(self, timeout):
@@ -713,7 +716,7 @@ class Proxy:
         if self.proc.poll() is not None:
             return self.proc.returncode, 0.0
         t = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
         rc = self.wait_exit(timeout)
         took = time.monotonic() - t
         if rc is None:
