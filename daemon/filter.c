@@ -58,6 +58,7 @@
 #define PONG_WAIT		10.0
 #define HELLO_WAIT_MAX		5.0
 #define REPLAY_MIN		0.05		/* deadline left worth a replay */
+#define DOWN_GRACE		2.0		/* a restart may take this long */
 #define IOV_MAX_USE		64
 
 enum fstate { FS_DOWN, FS_CONNECTING, FS_HELLO, FS_READY };
@@ -102,6 +103,7 @@ struct filter {
 	ev_tstamp fails[BREAKER_N];
 	int nfails;
 	int breaker;		/* open: fall back at once, probe */
+	ev_tstamp down_since;	/* unreachable since (0: up) */
 	int mismatch;		/* version mismatch: retry slowly */
 	uint64_t ping_id;
 	int ping_out;
@@ -906,6 +908,7 @@ f_verdict(struct filter *f, const struct fp_verdict *v)
 	}
 	/* A sign of life: the filter works. */
 	f->attempts = 0;
+	f->down_since = 0;
 	if (f->breaker) {
 		f->breaker = 0;
 		f->nfails = 0;
@@ -982,6 +985,14 @@ f_verdict(struct filter *f, const struct fp_verdict *v)
 
 /* --- connection life --------------------------------------------------------- */
 
+static double
+f_grace(const struct filter *f)
+{
+	double half = f->fc->cfg->filter_timeout / 2;
+
+	return half < DOWN_GRACE ? half : DOWN_GRACE;
+}
+
 static void
 f_failure(struct filter *f, const char *why)
 {
@@ -993,6 +1004,10 @@ f_failure(struct filter *f, const char *why)
 		f->nfails++;
 	if (f->breaker || f->nfails < BREAKER_N ||
 	    now - f->fails[BREAKER_N - 1] > BREAKER_T)
+		return;
+	/* Quick reconnect failures while a filter restarts are not a broken
+	 * filter: waiting jobs keep their deadlines for a while. */
+	if (f->down_since > 0 && now - f->down_since < f_grace(f))
 		return;
 	f->breaker = 1;
 	log_warn(NULL, "filter %s: %d failures in %.0f s (last: %s): circuit open, "
@@ -1017,6 +1032,12 @@ f_schedule(struct filter *f)
 	if (f->mismatch)
 		d = BACKOFF_MISMATCH;
 	d = jitter(f->fc, d);
+	/* Within the restart grace, try again when it ends at the latest, so
+	 * that the breaker decides then rather than a backoff later. */
+	ev_tstamp now = ev_now(f->fc->loop), end = f->down_since + f_grace(f);
+	if (!f->breaker && !f->mismatch && f->down_since > 0 && now < end &&
+	    d > end - now + 0.01)
+		d = end - now + 0.01;
 	ev_timer_set(&f->retry, d, 0);
 	ev_timer_start(f->fc->loop, &f->retry);
 	log_debug(NULL, "filter %s: reconnecting in %.2f s", f->label, d);
@@ -1065,6 +1086,8 @@ f_close(struct filter *f, const char *why, int failure)
 		j->wire_started = j->wire_done = 0;
 		jq_push(&replay, j);
 	}
+	if (f->down_since == 0)
+		f->down_since = ev_now(fc->loop);
 	if (failure) {
 		f->attempts++;
 		f_failure(f, why);
@@ -1241,6 +1264,7 @@ f_message(struct filter *f, const struct fp_msg *m)
 		if (f->ping_out && m->pong.id == f->ping_id) {
 			f->ping_out = 0;
 			f->attempts = 0;
+			f->down_since = 0;
 			ev_timer_stop(f->fc->loop, &f->watchdog);
 			if (f->breaker) {
 				f->breaker = 0;
@@ -1360,8 +1384,11 @@ f_connect(struct filter *f)
 	ev_timer_start(fc->loop, &f->watchdog);
 	if (connect(f->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
 		if (errno != EINPROGRESS && errno != EAGAIN) {
-			snprintf(why, sizeof(why), "connect %s: %s", f->path,
-			    strerror(errno));
+			/* The proxy drops privileges after start-up: a socket
+			 * reached at start can be out of reach afterwards. */
+			snprintf(why, sizeof(why), "connect %s: %s%s", f->path,
+			    strerror(errno), errno == EACCES ? " (the socket must "
+			    "be writable by the user the proxy runs as)" : "");
 			goto fail;
 		}
 		f->state = FS_CONNECTING;

@@ -300,6 +300,8 @@ def main():
 
     async def run():
         server = await asyncio.start_unix_server(f.serve, path=a.socket, backlog=128)
+        # The proxy drops root for "nobody" and reconnects as that user.
+        os.chmod(a.socket, 0o666)
         print("pyfilter %s listening on %s" % (a.name, a.socket), flush=True)
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
