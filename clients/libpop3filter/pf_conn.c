@@ -282,7 +282,7 @@ on_request(struct pf_conn *c, const struct fp_request *rq)
 		send_error(c, true, rq->id, FP_E_INTERNAL, "out of memory");
 		return;
 	}
-	f->on_message(r, &r->m, f->message_arg);
+	pf_req_deliver(r);
 }
 
 static void

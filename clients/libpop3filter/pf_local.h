@@ -31,6 +31,8 @@ struct pf_req {
 	double			 score;
 	bool			 cancelled;
 	bool			 in_cancel;	/* inside the cancel callback */
+	bool			 in_message;	/* inside the message callback */
+	bool			 answered;	/* verdict sent; freed on return */
 };
 
 enum pf_conn_state {
@@ -106,6 +108,7 @@ void	pf_conn_maybe_finish(struct pf_conn *);
 
 /* pf_req.c */
 struct pf_req *pf_req_new(struct pf_conn *, const struct fp_request *);
+void	pf_req_deliver(struct pf_req *);
 void	pf_req_cancel(struct pf_req *, const char *why);
 
 #endif

@@ -117,6 +117,33 @@ req_free(struct pf_req *r)
 	free(r);
 }
 
+/* Run the author's message callback. A verdict given inside it unlinks the
+ * request at once (the window frees up) but the handle and its message live
+ * until the callback returns, so code after the verdict call stays safe. */
+void
+pf_req_deliver(struct pf_req *r)
+{
+	struct pf *f = r->f;
+
+	r->in_message = true;
+	f->on_message(r, &r->m, f->message_arg);
+	r->in_message = false;
+	if (r->answered)
+		req_free(r);
+}
+
+/* A verdict went out: free the request, or let pf_req_deliver() do it. */
+static void
+req_done(struct pf_req *r)
+{
+	if (r->in_message) {
+		req_unlink(r);
+		r->answered = true;
+		return;
+	}
+	req_free(r);
+}
+
 void
 pf_req_cancel(struct pf_req *r, const char *why)
 {
@@ -179,6 +206,9 @@ static int
 req_live(struct pf_req *r)
 {
 	pf_clear_err(r->f);
+	if (r->answered)
+		return pf_fail_with(r->f, PF_ESTATE, "request %llu was already "
+		    "answered", (unsigned long long)r->m.id);
 	if (r->cancelled)
 		return pf_fail_with(r->f, PF_ECANCELED, "request %llu was "
 		    "cancelled", (unsigned long long)r->m.id);
@@ -332,7 +362,7 @@ verdict_begin(struct pf_req *r)
 {
 	if (req_live(r) == 0)
 		return 0;
-	if (!r->in_cancel)
+	if (r->cancelled && !r->in_cancel)
 		req_free(r);
 	return -1;
 }
@@ -374,7 +404,7 @@ verdict_finish(struct pf_req *r, struct fp_verdict *v)
 		return pf_fail_with(r->f, PF_ENOMEM, "cannot queue the verdict");
 	}
 	fp_buf_free(&b);
-	req_free(r);
+	req_done(r);
 	pf_conn_maybe_finish(c);
 	return 0;
 }
@@ -477,7 +507,7 @@ pf_fail(struct pf_req *r, const char *message)
 		return pf_fail_with(r->f, PF_ENOMEM, "cannot queue the error");
 	}
 	fp_buf_free(&b);
-	req_free(r);
+	req_done(r);
 	pf_conn_maybe_finish(c);
 	return 0;
 }

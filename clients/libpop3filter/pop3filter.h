@@ -30,13 +30,14 @@
  * pf_add_header/pf_change_header/pf_delete_header), pf_replace(), pf_reject(),
  * pf_tempfail() or pf_fail(). The answer may come later, from any other
  * callback on the loop (a timer, a socket of your own): the handle and the
- * pf_message with everything it points to stay valid until a verdict call
- * returns 0, or until the request is cancelled (the proxy gave up on it or its
- * connection closed). With a cancel callback the handle dies when that callback
+ * pf_message with everything it points to stay valid until the message
+ * callback has returned and a verdict call has returned 0, or until the
+ * request is cancelled (the proxy gave up on it or its connection closed). With a cancel callback the handle dies when that callback
  * returns; without one it stays allocated, marked cancelled, and the verdict
  * call you eventually make returns -1 with PF_ECANCELED and frees it.
  *
- * Verdict calls return 0 (sent, the handle is gone) or -1 with the handle
+ * Verdict calls return 0 (sent; a second one is refused with PF_ESTATE, and
+ * outside the message callback the handle is gone) or -1 with the handle
  * untouched, pf_errno() and pf_strerror() saying why; nothing reaches the
  * proxy then, so answer again (pf_fail() always works on a live request).
  * The library refuses an action you did not pf_declare(), or that the proxy

@@ -84,11 +84,12 @@ reject(struct ref *ref, struct pf_req *r, const struct pf_message *m,
 		return;
 	}
 	if (ref->cfg.quarantine == NULL) {
-		/* The proxy keeps the original in its own quarantine. */
+		/* The proxy keeps the original in its own quarantine. Log
+		 * first: m dies with the verdict. */
+		pf_log(ref->pf, PF_LOG_INFO, "session %s msg %llu: rejecting (%s)",
+		    m->session_id, (unsigned long long)m->number, h->name);
 		if (pf_reject(r, notice) == -1)
 			pf_fail(r, pf_strerror(ref->pf));
-		pf_log(ref->pf, PF_LOG_INFO, "session %s msg %llu: rejected (%s)",
-		    m->session_id, (unsigned long long)m->number, h->name);
 		return;
 	}
 	/* Durable before we answer: the proxy will not keep a copy. */
@@ -100,13 +101,12 @@ reject(struct ref *ref, struct pf_req *r, const struct pf_message *m,
 			pf_fail(r, "quarantine unavailable");
 		return;
 	}
+	pf_log(ref->pf, PF_LOG_INFO, "session %s msg %llu: rejecting (%s), kept as "
+	    "%s", m->session_id, (unsigned long long)m->number, h->name, qid);
 	if (pf_reject_quarantined(r, notice, qid) == -1) {
 		pf_log(ref->pf, PF_LOG_ERROR, "reject: %s", pf_strerror(ref->pf));
 		pf_fail(r, pf_strerror(ref->pf));
-		return;
 	}
-	pf_log(ref->pf, PF_LOG_INFO, "session %s msg %llu: rejected (%s), kept as "
-	    "%s", m->session_id, (unsigned long long)m->number, h->name, qid);
 }
 
 static void

@@ -185,6 +185,10 @@ on_message(struct pf_req *r, const struct pf_message *m, void *arg)
 		CHECK(pf_tag(r, "t1") == 0);
 		CHECK(pf_score(r, 2.5) == 0);
 		CHECK(pf_accept(r) == 0);
+		/* Still readable until we return; a second verdict is refused. */
+		CHECK_STR(m->user, "alice");
+		CHECK(pf_reject(r, "twice") == -1);
+		CHECK_INT(pf_errno(pf_req_filter(r)), PF_ESTATE);
 		break;
 	case M_HOLD:
 		pf_req_set_data(r, x);
