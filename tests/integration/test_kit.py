@@ -309,3 +309,40 @@ def test_replay_maildir_many_in_flight(start_filter, procs, wtmp):
     assert rc == 0, out
     assert "replay: 40 message(s), 40 answered, 0 protocol error(s)" in out
     assert out.count(": accept") == 40
+
+
+ASYNC_FILTER = r'''
+import asyncio, os, sys
+sys.path.insert(0, %r)
+import pop3filter as pf
+
+async def on_message(req):
+    # A slow lookup for "slow" messages: others must not wait behind it.
+    if req.header("Subject") == "slow":
+        await asyncio.sleep(1.0)
+    return pf.accept(pf.add_header("X-Async", req.header("Subject")))
+
+pf.main("async-example/1.0", on_message, actions=["edit_headers"])
+'''
+
+
+def test_python_async_handler_answers_out_of_order(procs, wtmp):
+    """A coroutine handler waiting on something slow holds up only its own
+    message: the fast ones behind it are answered first."""
+    script = wtmp / "async_filter.py"
+    script.write_text(ASYNC_FILTER % str(EX / "python"))
+    sock = wtmp / "async.sock"
+    p = procs.spawn([sys.executable, script, "--socket", sock], "async-filter")
+    wait_until(lambda: connectable(str(sock)), 10, what="async filter")
+    files = []
+    for i, subj in enumerate(["slow", "fast1", "fast2"]):
+        files.append(wtmp / ("%d.eml" % i))
+        files[-1].write_bytes(message(subj, b"x\n"))
+    t0 = time.monotonic()
+    rc, out = tool(procs, "--socket", sock, *files)
+    assert rc == 0, out
+    answers = [l for l in out.splitlines() if ": accept" in l]
+    assert [a.split("/")[-1].split(":")[0] for a in answers] == ["1.eml", "2.eml", "0.eml"], out
+    assert time.monotonic() - t0 < 5
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0
