@@ -259,6 +259,49 @@ parse_listen(const char *s, struct listen_addr *la)
 	return 0;
 }
 
+/* "1.2.3.4", "1.2.3.4:53", "[::1]:53", comma-separated: what c-ares takes. */
+static int
+parse_dns_servers(const char *s)
+{
+	char tmp[512], *save = NULL;
+
+	if (strlen(s) >= sizeof(tmp) || s[0] == '\0')
+		return bad("dns-server", s, "expected ADDR[:PORT][,ADDR[:PORT]...]");
+	strcpy(tmp, s);
+	for (char *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		char host[64];
+		const char *port = NULL;
+		unsigned char addr[16];
+		int v6 = 0;
+		if (t[0] == '[') {
+			char *rb = strchr(t, ']');
+			if (rb == NULL || (size_t)(rb - t - 1) >= sizeof(host) ||
+			    (rb[1] != '\0' && rb[1] != ':'))
+				return bad("dns-server", s, "bad [IPv6]:PORT");
+			memcpy(host, t + 1, (size_t)(rb - t - 1));
+			host[rb - t - 1] = '\0';
+			port = rb[1] == ':' ? rb + 2 : NULL;
+			v6 = 1;
+		} else {
+			char *c = strchr(t, ':');
+			if (c != NULL && strchr(c + 1, ':') != NULL)
+				return bad("dns-server", s, "IPv6 servers go in brackets");
+			size_t hl = c ? (size_t)(c - t) : strlen(t);
+			if (hl >= sizeof(host))
+				return bad("dns-server", s, "not an IP address");
+			memcpy(host, t, hl);
+			host[hl] = '\0';
+			port = c ? c + 1 : NULL;
+		}
+		if (inet_pton(v6 ? AF_INET6 : AF_INET, host, addr) != 1)
+			return bad("dns-server", s, "not an IP address");
+		long long pv;
+		if (port != NULL && parse_int("dns-server", port, 1, 65535, &pv) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static void
 config_defaults(struct config *cfg)
 {
@@ -343,6 +386,8 @@ config_parse(struct config *cfg, int argc, char **argv)
 				return -1;
 			break;
 		case OPT_DNS:
+			if (parse_dns_servers(optarg) < 0)
+				return -1;
 			cfg->dns_servers = optarg;
 			break;
 		case OPT_LOGLEVEL:

@@ -164,16 +164,20 @@ proxy_session_gone(struct proxy *px, struct session *s)
 }
 
 static void
-proxy_reap_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+proxy_reap(struct proxy *px)
 {
-	struct proxy *px = w->data;
-
 	while (px->dead != NULL) {
 		struct session *s = px->dead;
 		list_remove(&px->dead, s);
 		session_free(s);
 	}
-	ev_prepare_stop(loop, w);
+	ev_prepare_stop(px->loop, &px->reaper);
+}
+
+static void
+proxy_reap_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	proxy_reap(w->data);
 }
 
 /* Turn a client away before it becomes a session; best effort, no wait. */
@@ -448,7 +452,7 @@ proxy_free(struct proxy *px)
 		return;
 	if (px->sessions != NULL)
 		proxy_cleanup(px, 1);
-	proxy_reap_cb(px->loop, &px->reaper, 0);
+	proxy_reap(px);
 	for (int i = 0; i < px->nlisteners; i++)
 		listener_free(px->listeners[i]);
 	if (ev_is_active(&px->sigterm)) {
