@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import MAIL_USER, USERS, RawPop3, crlf, free_port, message, unstuff
-from tlsutil import (CA, TlsPop3, capa_names, der_of, login_and_stat, pki,  # noqa: F401
+from tlsutil import (CA, SYNC_HANDSHAKE_BUG, TlsPop3, capa_names, der_of, login_and_stat, pki,  # noqa: F401
                      route, start_tls_proxy, starttls, tls_dovecot, tls_wrap)
 
 PW = USERS["alice"]
@@ -66,16 +66,20 @@ def test_poplib_stls_both_sides_tls(pki, tls_dovecot, proxy_factory):
     assert "TLS with client" in log and "certificate verified" in log, log[-3000:]
 
 
+@SYNC_HANDSHAKE_BUG
 def test_pop3s_client_must_verify_the_proxy(pki, dovecot, proxy_factory, wtmp):
     # The proxy presents exactly the configured certificate: a client that
     # trusts another CA refuses it (the client side really is verified TLS).
     proxy = start_tls_proxy(proxy_factory, pki)
+    proxy.expect_exit = True      # the exit status is checked below
     other = CA(wtmp / "otherca", "otherca")
     with pytest.raises(ssl.SSLCertVerificationError):
         TlsPop3("127.0.0.1", proxy.tls_port, other.client_context())
     # And the proxy survives the aborted handshake.
     with TlsPop3("127.0.0.1", proxy.tls_port, pki.ctx()) as c:
         assert c.greeting.startswith(b"+OK")
+    rc, _ = proxy.stop()
+    assert rc == 0, "proxy exit status %s after SIGTERM" % rc
 
 
 # --------------------------------------------------------------------------

@@ -25,6 +25,16 @@ from harness import CRLF, Dovecot, RawPop3, USERS, free_port, wait_until, can_co
 # Set to False once session.c stops sending a NUL after the STLS +OK line.
 NUL_AFTER_STLS_OK_BUG = True
 
+# The daemon bug pinned by test_early_bytes_on_pop3s_port_do_not_corrupt_the_proxy:
+# a POP3S handshake that fails inside session_new() (the client's bytes were
+# already there) frees the session that proxy.c then registers and starts.
+# Tests whose client aborts a handshake can hit it when the machine is busy.
+SYNC_HANDSHAKE_BUG = pytest.mark.xfail(strict=False, reason=(
+    "intermittent daemon bug: a POP3S handshake failing inside session_new() "
+    "(conn_tls_start -> session_end before proxy.c registers the session) "
+    "leaves a freed session in the list; see "
+    "test_early_bytes_on_pop3s_port_do_not_corrupt_the_proxy"))
+
 # Both sides of the proxy promise TLS 1.2 or newer.
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 
