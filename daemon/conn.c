@@ -175,7 +175,7 @@ conn_write(struct conn *c, const void *p, size_t n)
 		return -1;
 	if (n == 0)
 		return 0;
-	if (c->out.len == 0) {
+	if (c->out.len == 0 && !c->corked) {
 		/* Fast path: straight from the caller's buffer to the socket. */
 		while (n > 0) {
 			ssize_t w = conn_send(c, p, n);
@@ -197,9 +197,24 @@ conn_write(struct conn *c, const void *p, size_t n)
 	if (c->out.len >= CONN_OUT_HWM)
 		c->out_high = 1;
 	c->notify_drain = 1;
-	if (!c->tls_handshake && !c->tls_write_wants_read)
+	if (!c->tls_handshake && !c->tls_write_wants_read && !c->corked)
 		ev_io_start(c->loop, &c->ww);
 	return 0;
+}
+
+void
+conn_cork(struct conn *c)
+{
+	c->corked = 1;
+}
+
+void
+conn_uncork(struct conn *c)
+{
+	c->corked = 0;
+	if (c->fd >= 0 && !c->failed && c->out.len > 0 && !c->tls_handshake &&
+	    !c->tls_start)
+		conn_flush(c);
 }
 
 int

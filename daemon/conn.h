@@ -41,6 +41,7 @@ struct conn {
 	uint64_t bytes_in, bytes_out;
 	int err;
 	unsigned want_read:1, eof:1, failed:1, out_high:1, notify_drain:1;
+	unsigned corked:1;		/* writes gather until conn_uncork */
 	/* TLS: once ssl is set every byte goes through it. */
 	SSL *ssl;
 	unsigned tls_handshake:1;	/* handshaking; owner's I/O waits */
@@ -57,6 +58,10 @@ void conn_close(struct conn *);
 /* Queue bytes; written at once when nothing is pending (no copy then).
  * Returns -1 if the connection has failed or memory ran out. */
 int conn_write(struct conn *, const void *p, size_t n);
+/* Gather many small writes into one send (a reply served from memory
+ * in pieces); uncork sends what gathered. */
+void conn_cork(struct conn *);
+void conn_uncork(struct conn *);
 int conn_printf(struct conn *, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 #define conn_out_pending(c) ((c)->out.len)

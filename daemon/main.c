@@ -136,12 +136,12 @@ main(int argc, char **argv)
 	log_notice(NULL, "pop3proxyd started (%s mode)", cfg.fixed ?
 	    "fixed-upstream" : "routing");
 
-	proxy_run(px);
+	int rc = proxy_run(px) < 0 ? 1 : 0;
 
 	proxy_free(px);
 	if (cfg.pidfile)
 		unlink(cfg.pidfile);
 	log_notice(NULL, "pop3proxyd stopped");
 	config_free(&cfg);
-	return 0;
+	return rc;
 }

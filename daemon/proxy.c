@@ -405,11 +405,6 @@ proxy_new(struct ev_loop *loop, const struct config *cfg)
 		log_error(NULL, "cannot set up the DNS resolver");
 		goto fail;
 	}
-	if (cfg->nfilters > 0) {
-		px->filters = filter_chain_new(px);
-		if (px->filters == NULL)
-			goto fail;
-	}
 	for (int i = 0; i < cfg->nlisten; i++) {
 		px->listeners[i] = listener_new(loop, &cfg->listen[i], proxy_accept,
 		    px);
@@ -441,6 +436,15 @@ fail:
 int
 proxy_run(struct proxy *px)
 {
+	/* Filters are reached only now, after main() dropped privileges, so
+	 * that the first connection and every reconnection use the same
+	 * identity (a socket root may write to but nobody may not would
+	 * otherwise work once and fail after the filter's first restart). */
+	if (px->cfg->nfilters > 0 && px->filters == NULL) {
+		px->filters = filter_chain_new(px);
+		if (px->filters == NULL)
+			return -1;
+	}
 	ev_run(px->loop, 0);
 	return 0;
 }

@@ -47,7 +47,8 @@ struct proxy {
 
 /* Bind the listeners and set everything up; NULL (logged) on failure. */
 struct proxy *proxy_new(struct ev_loop *loop, const struct config *cfg);
-/* Run until cleanup has finished its work. Returns 0. */
+/* Connect the filters, then run until cleanup has finished its work.
+ * Returns 0, or -1 if the filter chain cannot be set up. */
 int proxy_run(struct proxy *);
 /*
  * Stop. force == 0: stop accepting, let open sessions finish within the

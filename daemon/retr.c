@@ -85,11 +85,12 @@ budget_wake_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	struct proxy *px = w->data;
 
 	ev_idle_stop(loop, w);
+	/* The head keeps its place while it retries (retr_status lets the
+	 * head through); it leaves the queue only once its hold fits. */
 	while (px->bw_head != NULL) {
 		struct session *s = px->bw_head;
-		budget_dequeue(s);
-		session_upstream_input(s);
-		if (s->budget_wait)
+		session_resume(s);
+		if (px->bw_head == s)
 			break;		/* still does not fit: keep FIFO order */
 	}
 }
@@ -138,23 +139,38 @@ retr_serve(struct session *s)
 	const char *p = buf_ptr(&s->msg);
 	size_t len = s->msg.len;
 
-	while (s->serve_off < len &&
-	    conn_out_pending(&s->client) < CONN_OUT_HWM) {
-		size_t off = s->serve_off;
-		if (NEEDS_DOT(p, off))
-			conn_write(&s->client, ".", 1);
-		size_t lim = len - off > SERVE_CHUNK ? off + SERVE_CHUNK : len;
-		size_t end = stuffed_run(p, len, off, lim);
-		conn_write(&s->client, p + off, end - off);
-		s->serve_off = end;
+	/* Stuffing dots and runs gather into one send per round; a round that
+	 * the socket takes whole is followed by the next at once, since no
+	 * write event will come for an empty output buffer. */
+	session_relay_flush(s);
+	for (;;) {
+		conn_cork(&s->client);
+		while (s->serve_off < len &&
+		    conn_out_pending(&s->client) < CONN_OUT_HWM) {
+			size_t off = s->serve_off;
+			if (NEEDS_DOT(p, off))
+				conn_write(&s->client, ".", 1);
+			size_t lim = len - off > SERVE_CHUNK ? off + SERVE_CHUNK : len;
+			size_t end = stuffed_run(p, len, off, lim);
+			conn_write(&s->client, p + off, end - off);
+			s->serve_off = end;
+		}
+		if (s->serve_off >= len || s->client.failed)
+			break;
+		conn_uncork(&s->client);
+		if (conn_out_pending(&s->client) > 0 || s->client.failed)
+			return;		/* resumed by CONN_LOWAT or CONN_DRAINED */
 	}
-	if (s->serve_off < len || s->client.failed)
+	if (s->client.failed) {
+		conn_uncork(&s->client);
 		return;
+	}
 	/* The terminator; a message must end with a line end before it. */
 	if (len > 0 && p[len - 1] != '\n')
-		conn_write(&s->client, "\r\n.\r\n", 5);
+		session_client_write(s, "\r\n.\r\n", 5);
 	else
-		conn_write(&s->client, ".\r\n", 3);
+		session_client_write(s, ".\r\n", 3);
+	conn_uncork(&s->client);
 	buf_free(&s->msg);
 	s->serve_off = 0;
 	s->serving = 0;
@@ -182,7 +198,7 @@ retr_done(void *arg, struct filter_result *res)
 		int n = snprintf(line, sizeof(line), "-ERR [SYS/TEMP] %s\r\n",
 		    res->text ? res->text : "message not available now, try later");
 		buf_free(&res->msg);
-		conn_write(&s->client, line, (size_t)n);
+		session_client_write(s, line, (size_t)n);
 		s->hold_waiting = 0;
 		budget_release(s);
 		/* The message stays on the server, so it is not counted. */
@@ -201,7 +217,7 @@ retr_done(void *arg, struct filter_result *res)
 		octets += 2;	/* the CRLF retr_serve adds before the dot */
 	char line[64];
 	int n = snprintf(line, sizeof(line), "+OK %zu octets\r\n", octets);
-	conn_write(&s->client, line, (size_t)n);
+	session_client_write(s, line, (size_t)n);
 	s->serving = 1;
 	s->serve_off = 0;
 	retr_serve(s);
@@ -214,18 +230,21 @@ static void
 retr_unhold(struct session *s, const char *why)
 {
 	log_info(s->sid, "message %u delivered unfiltered: %s", s->hold_msgno, why);
+	session_relay_flush(s);
+	conn_cork(&s->client);
 	if (s->held_status_len > 0)
-		conn_write(&s->client, s->held_status, s->held_status_len);
+		session_client_write(s, s->held_status, s->held_status_len);
 	else
-		conn_write(&s->client, "+OK message follows\r\n", 21);
+		session_client_write(s, "+OK message follows\r\n", 21);
 	const char *p = buf_ptr(&s->msg);
 	size_t len = s->msg.len;
 	for (size_t off = 0, end; off < len; off = end) {
 		if (NEEDS_DOT(p, off))
-			conn_write(&s->client, ".", 1);
+			session_client_write(s, ".", 1);
 		end = stuffed_run(p, len, off, len);
-		conn_write(&s->client, p + off, end - off);
+		session_client_write(s, p + off, end - off);
 	}
+	conn_uncork(&s->client);
 	buf_free(&s->msg);
 	s->hold = 0;
 	budget_release(s);
@@ -238,20 +257,20 @@ retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 	struct proxy *px = s->px;
 
 	if (px->filters == NULL) {
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	}
 	long long size = pop3_status_octets(line, len);
 	if (cfg->max_size > 0 && size > (long long)cfg->max_size) {
 		log_info(s->sid, "message %u (%lld octets) over --max-size: "
 		    "streamed unfiltered", h->msgno, size);
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	}
 	if (size > (long long)cfg->buffer_budget) {
 		log_warn(s->sid, "message %u (%lld octets) is larger than the "
 		    "whole --buffer-budget: streamed unfiltered", h->msgno, size);
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	}
 	/* Reserve the announced size; wait in line if it does not fit now. */
@@ -279,7 +298,7 @@ retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 	buf_free(&s->msg);
 	if (want > 0 && buf_reserve(&s->msg, want + 2) == NULL) {
 		s->hold = 0;
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	}
 	budget_take(s, want);
@@ -290,7 +309,7 @@ void
 retr_data(struct session *s, const struct resp_event *ev)
 {
 	if (!s->hold) {
-		conn_write(&s->client, ev->p, ev->len);
+		session_relay(s, ev->p, ev->len);
 		return;
 	}
 	size_t n = ev->len - (size_t)ev->stuffed;
@@ -313,7 +332,7 @@ int
 retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 {
 	if (!s->hold) {
-		conn_write(&s->client, end->p, end->len);
+		session_relay(s, end->p, end->len);
 		s->msgs++;
 		return 0;
 	}
@@ -324,6 +343,8 @@ retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 		.user = s->rt.user,
 		.upstream_host = s->rt.host,
 		.upstream_port = s->rt.port,
+		.tls_client = s->client_tls,
+		.tls_upstream = s->up_tls,
 		.msgno = s->hold_msgno,
 		.size = s->hold_size >= 0 ? (uint64_t)s->hold_size : s->msg.len,
 		.uidl = session_uidl(s, s->hold_msgno),
@@ -333,7 +354,7 @@ retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 	if (s->job == NULL) {
 		s->hold = 1;
 		retr_unhold(s, "out of memory");
-		conn_write(&s->client, end->p, end->len);
+		session_relay(s, end->p, end->len);
 		s->msgs++;
 		return 0;
 	}

@@ -82,6 +82,38 @@ wipe_free(char **p)
 	}
 }
 
+/* --- output to the client ----------------------------------------------- */
+
+void
+session_relay_flush(struct session *s)
+{
+	if (s->span_len > 0) {
+		const char *p = s->span_p;
+		size_t n = s->span_len;
+		s->span_len = 0;
+		conn_write(&s->client, p, n);
+	}
+}
+
+void
+session_relay(struct session *s, const char *p, size_t n)
+{
+	if (s->span_len > 0 && s->span_p + s->span_len == p) {
+		s->span_len += n;
+		return;
+	}
+	session_relay_flush(s);
+	s->span_p = p;
+	s->span_len = n;
+}
+
+void
+session_client_write(struct session *s, const void *p, size_t n)
+{
+	session_relay_flush(s);
+	conn_write(&s->client, p, n);
+}
+
 /* --- the queue of commands awaiting replies ----------------------------- */
 
 static struct pending *
@@ -208,7 +240,7 @@ static void
 session_reply(struct session *s, const char *text)
 {
 	if (s->pq_len == 0) {
-		conn_write(&s->client, text, strlen(text));
+		session_client_write(s, text, strlen(text));
 		return;
 	}
 	struct pending *p = pq_push(s, P_LOCAL, 0);
@@ -239,7 +271,7 @@ session_replyf(struct session *s, const char *fmt, ...)
 	if ((size_t)n > sizeof(line) - 3)
 		n = sizeof(line) - 3;
 	memcpy(line + n, "\r\n", 3);
-	conn_write(&s->client, line, (size_t)n + 2);
+	session_client_write(s, line, (size_t)n + 2);
 }
 
 /* --- life and death ---------------------------------------------------- */
@@ -247,6 +279,7 @@ session_replyf(struct session *s, const char *fmt, ...)
 static void
 session_drop_upstream(struct session *s)
 {
+	session_relay_flush(s);		/* the span points into up.in */
 	upstream_abort(&s->uc);
 	/* Never QUIT on the client's behalf: QUIT commits DELE. */
 	conn_close(&s->up);
@@ -365,7 +398,7 @@ session_end(struct session *s, const char *reason, const char *client_line)
 	session_drop_upstream(s);
 	ev_timer_stop(s->px->loop, &s->idle);
 	if (client_line != NULL && conn_is_open(&s->client))
-		conn_write(&s->client, client_line, strlen(client_line));
+		session_client_write(s, client_line, strlen(client_line));
 	conn_want_read(&s->client, 0);
 	if (conn_is_open(&s->client) && conn_out_pending(&s->client) > 0 &&
 	    !s->client.failed) {
@@ -439,10 +472,11 @@ session_login_failed(struct session *s, const char *line, size_t len)
 		session_end(s, "server unusable", line ? buf : NULL);
 		return;
 	}
+	/* line may point into the server's buffer: write it before the drop. */
+	if (line != NULL)
+		session_client_write(s, line, len);
 	session_drop_upstream(s);
 	session_enter(s, S_AUTH);
-	if (line != NULL)
-		conn_write(&s->client, line, len);
 	if (++s->logins >= MAX_LOGINS)
 		session_end(s, "too many failed logins", NULL);
 }
@@ -602,7 +636,7 @@ session_after_capa(struct session *s)
 	}
 	if (s->state == S_FIXED) {
 		if (s->saved_greeting != NULL) {
-			conn_write(&s->client, s->saved_greeting,
+			session_client_write(s, s->saved_greeting,
 			    strlen(s->saved_greeting));
 			free(s->saved_greeting);
 			s->saved_greeting = NULL;
@@ -665,7 +699,7 @@ session_sasl_plain(struct session *s, const char *b64, size_t len)
 		char line[300];
 		int k = snprintf(line, sizeof(line),
 		    "-ERR %s (authenticate as user%%host[:port])\r\n", err);
-		conn_write(&s->client, line, (size_t)k);
+		session_client_write(s, line, (size_t)k);
 		err = NULL;
 		goto fail_quiet;
 	}
@@ -715,7 +749,7 @@ session_sasl_plain(struct session *s, const char *b64, size_t len)
 	return;
 fail:
 	log_info(s->sid, "AUTH PLAIN refused: %.*s", (int)strlen(err) - 7, err + 5);
-	conn_write(&s->client, err, strlen(err));
+	session_client_write(s, err, strlen(err));
 fail_quiet:
 	explicit_bzero(dec, sizeof(dec));
 	s->routed = 0;
@@ -743,7 +777,7 @@ session_auth_cmd(struct session *s, const struct cmd *c)
 	}
 	if (m == n) {
 		session_enter(s, S_SASL);
-		conn_write(&s->client, "+ \r\n", 4);
+		session_client_write(s, "+ \r\n", 4);
 		return;
 	}
 	a += m + 1;
@@ -795,7 +829,7 @@ session_stls(struct session *s)
 		    "-ERR STLS only before USER\r\n");
 		return;
 	}
-	conn_write(&s->client, "+OK Begin TLS negotiation\r\n", 28);
+	session_client_write(s, "+OK Begin TLS negotiation\r\n", 28);
 	if (conn_tls_start(&s->client, tls_server_new(&s->px->tls)) < 0) {
 		session_end(s, "TLS set-up failed", NULL);
 		return;
@@ -1175,14 +1209,14 @@ session_capa_out(struct session *s)
 		while (k > 0 && (p[k - 1] == '\n' || p[k - 1] == '\r'))
 			k--;
 		if (capa_keep(p, k, prelogin)) {
-			conn_write(&s->client, p, k);
-			conn_write(&s->client, "\r\n", 2);
+			session_client_write(s, p, k);
+			session_client_write(s, "\r\n", 2);
 		}
 		p += n;
 	}
 	if (prelogin && s->px->tls.down && !s->client_tls)
-		conn_write(&s->client, "STLS\r\n", 6);
-	conn_write(&s->client, "PIPELINING\r\n.\r\n", 15);
+		session_client_write(s, "STLS\r\n", 6);
+	session_client_write(s, "PIPELINING\r\n.\r\n", 15);
 	buf_free(&s->capbuf);
 }
 
@@ -1294,7 +1328,7 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 		}
 		return 0;
 	case P_LOGIN_USER:
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		if (!ev->ok || ev->kind == RESP_CONT) {
 			session_login_failed(s, NULL, 0);
 			return -1;
@@ -1315,7 +1349,7 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 			resp_begin(&s->rp, 0);
 			return 1;
 		}
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		if (!ev->ok) {
 			log_info(s->sid, "login as %s at %s failed", s->rt.user,
 			    s->rt.host);
@@ -1327,7 +1361,7 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 		session_enter(s, S_TRANSACTION);
 		return 0;
 	case P_FIXED_GREETING:
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		if (!ev->ok) {
 			session_end(s, "server refused", NULL);
 			return -1;
@@ -1335,7 +1369,7 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 		return 0;
 	case P_FIXED_LOGIN:
 	case P_FIXED_AUTH:
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		if (ev->kind == RESP_CONT) {
 			h->sasl_wait = 1;
 			return 1;
@@ -1347,22 +1381,22 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 		}
 		return 0;
 	case P_CAPA:
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	case P_UIDL:
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		if (ev->ok && !h->multi && len > 4)
 			session_uidl_line(s, line + 4, len - 4);
 		return 0;
 	case P_RETR:
 		if (ev->ok && ev->kind == RESP_STATUS)
 			return retr_status(s, h, line, len);
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	case P_QUIT:
 	case P_RELAY:
 	case P_LOCAL:
-		conn_write(&s->client, line, len);
+		session_relay(s, line, len);
 		return 0;
 	}
 	return 0;
@@ -1382,11 +1416,11 @@ session_data(struct session *s, struct pending *h, const struct resp_event *ev)
 		retr_data(s, ev);
 		break;
 	case P_UIDL:
-		conn_write(&s->client, ev->p, ev->len);
+		session_relay(s, ev->p, ev->len);
 		session_uidl_data(s, ev->p + ev->stuffed, ev->len - ev->stuffed);
 		break;
 	default:
-		conn_write(&s->client, ev->p, ev->len);
+		session_relay(s, ev->p, ev->len);
 		break;
 	}
 }
@@ -1449,7 +1483,7 @@ session_done(struct session *s, struct pending *h, const struct resp_event *end)
 		return -1;
 	default:
 		if (end != NULL)
-			conn_write(&s->client, end->p, end->len);
+			session_relay(s, end->p, end->len);
 		break;
 	}
 	pq_pop(s);
@@ -1462,15 +1496,15 @@ session_done(struct session *s, struct pending *h, const struct resp_event *end)
  * them in order. Stops when the client cannot keep up (backpressure), when
  * a held message is with the filters, or when more bytes are needed.
  */
-void
-session_upstream_input(struct session *s)
+static void
+session_upstream_parse(struct session *s)
 {
 	struct buf *in = &s->up.in;
 
 	while (s->state != S_CLOSING && s->pq_len > 0) {
 		struct pending *h = pq_at(s, 0);
 		if (h->kind == P_LOCAL) {
-			conn_write(&s->client, h->local, strlen(h->local));
+			session_client_write(s, h->local, strlen(h->local));
 			pq_pop(s);
 			pq_flush(s);
 			continue;
@@ -1548,6 +1582,24 @@ out:
 	/* A login step may have made room for what the client pipelined. */
 	if (s->state != S_CLOSING && s->client.in.len > 0)
 		session_client_input(s);
+}
+
+/*
+ * Parse and relay. Verbatim runs gathered by session_relay go out in one
+ * write at the end of the pass (57 sends per 64 KiB read became 1).
+ */
+void
+session_upstream_input(struct session *s)
+{
+	session_upstream_parse(s);
+	session_relay_flush(s);
+}
+
+void
+session_resume(struct session *s)
+{
+	session_upstream_input(s);
+	session_update(s);
 }
 
 static void

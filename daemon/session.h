@@ -88,6 +88,8 @@ struct session {
 	struct buf unsent;		/* command octets not yet sent */
 	struct resp_parser rp;
 	int rp_active;
+	const char *span_p;		/* server octets relayed verbatim, not yet */
+	size_t span_len;		/* written: one send per parsing pass */
 	struct buf capbuf;		/* CAPA bodies, filtered by line */
 
 	/* What the upstream offered before login (its CAPA). */
@@ -132,12 +134,20 @@ struct session {
 
 struct session *session_new(struct proxy *, int fd,
     const struct sockaddr_storage *peer, socklen_t len, int tls);
+/* Relay server octets (from s->up.in) to the client verbatim; contiguous
+ * runs are gathered and written once per parsing pass, without a copy. */
+void session_relay(struct session *, const char *p, size_t n);
+/* Anything else for the client: written after what was gathered. */
+void session_client_write(struct session *, const void *p, size_t n);
+void session_relay_flush(struct session *);
 /* The UIDL of message n, if the client asked for it; NULL otherwise. */
 const char *session_uidl(const struct session *, uint32_t n);
 /* Register done: greet the client, or connect at once in fixed mode. */
 void session_start(struct session *);
 /* Parse and relay what the server sent; also resumes after a filter. */
 void session_upstream_input(struct session *);
+/* The same, and rearm the watchers (after waiting for buffer budget). */
+void session_resume(struct session *);
 /* The held RETR at the head of the queue has been served (retr.c). */
 void session_retr_complete(struct session *);
 /* End a session: the client gets `client_line` (if any) before the close. */
