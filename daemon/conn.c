@@ -292,8 +292,12 @@ conn_tls_start(struct conn *c, SSL *ssl)
 		ev_io_start(c->loop, &c->ww);
 		return 0;
 	}
+	/* The first step runs from the loop (the socket is writable at once),
+	 * never from here: a handshake that fails at once must not call the
+	 * owner back from inside its own call (it may not be registered yet). */
 	c->tls_handshake = 1;
-	conn_tls_step(c);
+	ev_io_start(c->loop, &c->ww);
+	conn_update(c);
 	return 0;
 }
 

@@ -75,7 +75,8 @@ void conn_update(struct conn *);
  * Start TLS on this connection (it takes ownership of ssl). Output already
  * queued is sent in plain text first (a "+OK Begin TLS" reply), and input
  * already buffered is the owner's to discard. CONN_TLS_READY or CONN_ERROR
- * follows. Returns -1 only on a bad call.
+ * follows, always from the event loop, never from inside this call.
+ * Returns -1 only on a bad call.
  */
 int conn_tls_start(struct conn *, SSL *ssl);
 #define conn_is_tls(c) ((c)->ssl != NULL)

@@ -149,7 +149,7 @@ retr_serve(struct session *s)
 		    conn_out_pending(&s->client) < CONN_OUT_HWM) {
 			size_t off = s->serve_off;
 			if (NEEDS_DOT(p, off))
-				conn_write(&s->client, ".", 1);
+				conn_write(&s->client, LIT("."));
 			size_t lim = len - off > SERVE_CHUNK ? off + SERVE_CHUNK : len;
 			size_t end = stuffed_run(p, len, off, lim);
 			conn_write(&s->client, p + off, end - off);
@@ -167,9 +167,9 @@ retr_serve(struct session *s)
 	}
 	/* The terminator; a message must end with a line end before it. */
 	if (len > 0 && p[len - 1] != '\n')
-		session_client_write(s, "\r\n.\r\n", 5);
+		session_client_write(s, LIT("\r\n.\r\n"));
 	else
-		session_client_write(s, ".\r\n", 3);
+		session_client_write(s, LIT(".\r\n"));
 	conn_uncork(&s->client);
 	buf_free(&s->msg);
 	s->serve_off = 0;
@@ -235,12 +235,12 @@ retr_unhold(struct session *s, const char *why)
 	if (s->held_status_len > 0)
 		session_client_write(s, s->held_status, s->held_status_len);
 	else
-		session_client_write(s, "+OK message follows\r\n", 21);
+		session_client_write(s, LIT("+OK message follows\r\n"));
 	const char *p = buf_ptr(&s->msg);
 	size_t len = s->msg.len;
 	for (size_t off = 0, end; off < len; off = end) {
 		if (NEEDS_DOT(p, off))
-			session_client_write(s, ".", 1);
+			session_client_write(s, LIT("."));
 		end = stuffed_run(p, len, off, len);
 		session_client_write(s, p + off, end - off);
 	}

@@ -213,7 +213,7 @@ session_send(struct session *s, enum pend_kind kind, int multi,
 			conn_write(&s->up, line, len + 2);	/* as the client sent it */
 		} else if (len + 2 <= sizeof(tmp)) {
 			memcpy(tmp, line, len);
-			memcpy(tmp + len, "\r\n", 2);
+			memcpy(tmp + len, LIT("\r\n"));
 			conn_write(&s->up, tmp, len + 2);
 			explicit_bzero(tmp, len);	/* may be a password */
 		} else {
@@ -225,7 +225,7 @@ session_send(struct session *s, enum pend_kind kind, int multi,
 	}
 queue:
 	if (buf_append(&s->unsent, line, len) < 0 ||
-	    buf_append(&s->unsent, "\r\n", 2) < 0) {
+	    buf_append(&s->unsent, LIT("\r\n")) < 0) {
 		s->pq_len--;
 		return NULL;
 	}
@@ -270,7 +270,7 @@ session_replyf(struct session *s, const char *fmt, ...)
 		return;
 	if ((size_t)n > sizeof(line) - 3)
 		n = sizeof(line) - 3;
-	memcpy(line + n, "\r\n", 3);
+	memcpy(line + n, LIT("\r\n"));
 	session_client_write(s, line, (size_t)n + 2);
 }
 
@@ -518,7 +518,7 @@ session_connected(void *arg, int fd, const char *err)
 		SSL *ssl = tls_client_new(&s->px->tls, s->rt.host,
 		    s->rt.host_is_ip, insecure);
 		if (conn_tls_start(&s->up, ssl) < 0) {
-			session_login_failed(s, "-ERR [SYS/TEMP] cannot set up TLS\r\n", 36);
+			session_login_failed(s, LIT("-ERR [SYS/TEMP] cannot set up TLS\r\n"));
 			return;
 		}
 	}
@@ -549,13 +549,13 @@ session_parse_upcapa(struct session *s)
 		size_t k = n;
 		if (k > 0 && p[k - 1] == '\r')
 			k--;
-		if (k == 10 && strncasecmp(p, "PIPELINING", 10) == 0)
+		if (k == 10 && strncasecmp(p, LIT("PIPELINING")) == 0)
 			s->up_pipelining = 1;
-		if (k == 4 && strncasecmp(p, "STLS", 4) == 0)
+		if (k == 4 && strncasecmp(p, LIT("STLS")) == 0)
 			s->up_stls_offered = 1;
-		if (k > 5 && strncasecmp(p, "SASL ", 5) == 0) {
+		if (k > 5 && strncasecmp(p, LIT("SASL ")) == 0) {
 			for (size_t i = 5; i + 5 <= k; i++)
-				if (strncasecmp(p + i, "PLAIN", 5) == 0 &&
+				if (strncasecmp(p + i, LIT("PLAIN")) == 0 &&
 				    p[i - 1] == ' ' && (i + 5 == k || p[i + 5] == ' '))
 					s->up_sasl_plain = 1;
 		}
@@ -615,7 +615,7 @@ session_after_capa(struct session *s)
 
 	if (!s->up_tls && s->up_stls_want &&
 	    (s->up_stls_offered || cfg->upstream_tls == UP_TLS_STLS)) {
-		session_send(s, P_UPSTLS, 0, "STLS", 4);
+		session_send(s, P_UPSTLS, 0, LIT("STLS"));
 		return;
 	}
 	if (!s->up_tls && cfg->upstream_tls == UP_TLS_STLS) {
@@ -770,14 +770,14 @@ session_auth_cmd(struct session *s, const struct cmd *c)
 	size_t m = 0;
 	while (m < n && a[m] != ' ')
 		m++;
-	if (m != 5 || strncasecmp(a, "PLAIN", 5) != 0) {
+	if (m != 5 || strncasecmp(a, LIT("PLAIN")) != 0) {
 		session_reply(s, "-ERR unsupported authentication mechanism "
 		    "(this proxy offers PLAIN)\r\n");
 		return;
 	}
 	if (m == n) {
 		session_enter(s, S_SASL);
-		session_client_write(s, "+ \r\n", 4);
+		session_client_write(s, LIT("+ \r\n"));
 		return;
 	}
 	a += m + 1;
@@ -829,7 +829,7 @@ session_stls(struct session *s)
 		    "-ERR STLS only before USER\r\n");
 		return;
 	}
-	session_client_write(s, "+OK Begin TLS negotiation\r\n", 28);
+	session_client_write(s, LIT("+OK Begin TLS negotiation\r\n"));
 	if (conn_tls_start(&s->client, tls_server_new(&s->px->tls)) < 0) {
 		session_end(s, "TLS set-up failed", NULL);
 		return;
@@ -1041,7 +1041,7 @@ session_client_input(struct session *s)
 		}
 		size_t max = POP3_CMD_MAX;
 		if (auth != NULL || s->state == S_SASL ||
-		    (in->len >= 5 && strncasecmp(p, "AUTH ", 5) == 0))
+		    (in->len >= 5 && strncasecmp(p, LIT("AUTH ")) == 0))
 			max = POP3_AUTH_MAX;
 
 		if (s->discard) {
@@ -1083,7 +1083,7 @@ session_client_input(struct session *s)
 			while (k > 0 && (p[k - 1] == '\n' || p[k - 1] == '\r'))
 				k--;
 			conn_write(&s->up, p, k);
-			conn_write(&s->up, "\r\n", 2);
+			conn_write(&s->up, LIT("\r\n"));
 			buf_consume(in, (size_t)n);
 			continue;
 		}
@@ -1188,8 +1188,8 @@ capa_keep(const char *p, size_t n, int prelogin)
 		if (strlen(keep[i]) == k && strncasecmp(p, keep[i], k) == 0)
 			return 1;
 	/* Before login in fixed mode the client still needs to log in. */
-	if (prelogin && ((k == 4 && strncasecmp(p, "USER", 4) == 0) ||
-	    (k == 4 && strncasecmp(p, "SASL", 4) == 0)))
+	if (prelogin && ((k == 4 && strncasecmp(p, LIT("USER")) == 0) ||
+	    (k == 4 && strncasecmp(p, LIT("SASL")) == 0)))
 		return 1;
 	return 0;
 }
@@ -1210,13 +1210,13 @@ session_capa_out(struct session *s)
 			k--;
 		if (capa_keep(p, k, prelogin)) {
 			session_client_write(s, p, k);
-			session_client_write(s, "\r\n", 2);
+			session_client_write(s, LIT("\r\n"));
 		}
 		p += n;
 	}
 	if (prelogin && s->px->tls.down && !s->client_tls)
-		session_client_write(s, "STLS\r\n", 6);
-	session_client_write(s, "PIPELINING\r\n.\r\n", 15);
+		session_client_write(s, LIT("STLS\r\n"));
+	session_client_write(s, LIT("PIPELINING\r\n.\r\n"));
 	buf_free(&s->capbuf);
 }
 
@@ -1345,7 +1345,7 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 		if (ev->kind == RESP_CONT) {
 			/* We sent an initial response; a challenge means the
 			 * server wants something else. Cancel. */
-			conn_write(&s->up, "*\r\n", 3);
+			conn_write(&s->up, LIT("*\r\n"));
 			resp_begin(&s->rp, 0);
 			return 1;
 		}
@@ -1356,8 +1356,8 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 			session_login_failed(s, NULL, 0);
 			return -1;
 		}
-		log_info(s->sid, "logged in as %s at %s:%u", s->rt.user,
-		    s->rt.host, s->rt.port);
+		log_info(s->sid, "logged in as %s at %s:%u (%s)", s->rt.user,
+		    s->rt.host, s->rt.port, s->up_tls ? "TLS" : "unencrypted");
 		session_enter(s, S_TRANSACTION);
 		return 0;
 	case P_FIXED_GREETING:
@@ -1375,8 +1375,9 @@ session_status(struct session *s, struct pending *h, const struct resp_event *ev
 			return 1;
 		}
 		if (ev->ok && s->state == S_FIXED) {
-			log_info(s->sid, "logged in as %s at %s:%u",
-			    s->rt.user[0] ? s->rt.user : "?", s->rt.host, s->rt.port);
+			log_info(s->sid, "logged in as %s at %s:%u (%s)",
+			    s->rt.user[0] ? s->rt.user : "?", s->rt.host, s->rt.port,
+			    s->up_tls ? "TLS" : "unencrypted");
 			session_enter(s, S_TRANSACTION);
 		}
 		return 0;
@@ -1432,7 +1433,7 @@ session_done(struct session *s, struct pending *h, const struct resp_event *end)
 	switch ((enum pend_kind)h->kind) {
 	case P_GREETING:
 		pq_pop(s);
-		session_send(s, P_UPCAPA, 1, "CAPA", 4);
+		session_send(s, P_UPCAPA, 1, LIT("CAPA"));
 		return 0;
 	case P_UPCAPA:
 		session_parse_upcapa(s);
@@ -1453,7 +1454,7 @@ session_done(struct session *s, struct pending *h, const struct resp_event *end)
 			    "(--insecure-upstream)", s->rt.host);
 		if (conn_tls_start(&s->up, tls_client_new(&s->px->tls, s->rt.host,
 		    s->rt.host_is_ip, insecure)) < 0) {
-			session_login_failed(s, "-ERR [SYS/TEMP] cannot set up TLS\r\n", 36);
+			session_login_failed(s, LIT("-ERR [SYS/TEMP] cannot set up TLS\r\n"));
 			return -1;
 		}
 		return -1;	/* parsing resumes after the handshake */
@@ -1532,8 +1533,8 @@ session_upstream_parse(struct session *s)
 			    "(%zu octets without a line end, or no +OK/-ERR)",
 			    s->rt.host, in->len);
 			if (s->state == S_LOGIN) {
-				session_login_failed(s, "-ERR [SYS/TEMP] the mail "
-				    "server does not speak POP3\r\n", 58);
+				session_login_failed(s, LIT("-ERR [SYS/TEMP] the mail "
+				    "server does not speak POP3\r\n"));
 				session_client_input(s);
 				return;
 			}
@@ -1618,8 +1619,8 @@ session_up_lost(struct session *s, const char *why)
 	switch (s->state) {
 	case S_LOGIN:
 	case S_PASS:
-		session_login_failed(s, "-ERR [SYS/TEMP] the mail server closed "
-		    "the connection\r\n", 55);
+		session_login_failed(s, LIT("-ERR [SYS/TEMP] the mail server closed "
+		    "the connection\r\n"));
 		session_client_input(s);
 		return;
 	default:
@@ -1663,7 +1664,7 @@ session_up_cb(struct conn *c, enum conn_event ev, void *arg)
 		    insecure ? "NOT verified" : "verified");
 		if (!s->up_implicit) {
 			/* After STLS the server's capabilities are asked anew. */
-			session_send(s, P_UPCAPA, 1, "CAPA", 4);
+			session_send(s, P_UPCAPA, 1, LIT("CAPA"));
 		}
 		session_upstream_input(s);
 		break;

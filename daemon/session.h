@@ -16,6 +16,9 @@
 struct proxy;
 struct filter_job;
 
+/* A string literal and its length, counted by the compiler. */
+#define LIT(s) (s), (sizeof(s) - 1)
+
 /*
  * Routing mode:
  *

@@ -119,7 +119,8 @@ tls_reload(struct tls *t, const struct config *cfg)
 		return 0;
 	SSL_CTX *ctx = tls_server_ctx(cfg);
 	if (ctx == NULL) {
-		log_error(NULL, "reload failed: keeping the certificate in use");
+		log_error(NULL, "reload failed: keeping the certificate in use "
+		    "(after --user, the files must be readable by that user)");
 		return -1;
 	}
 	/* Sessions hold a reference to the old context through their SSL. */

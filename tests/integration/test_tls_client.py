@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import MAIL_USER, USERS, RawPop3, crlf, free_port, message, unstuff
-from tlsutil import (CA, SYNC_HANDSHAKE_BUG, TlsPop3, capa_names, der_of, login_and_stat, pki,  # noqa: F401
+from tlsutil import (CA, TlsPop3, capa_names, der_of, login_and_stat, pki,  # noqa: F401
                      route, start_tls_proxy, starttls, tls_dovecot, tls_wrap)
 
 PW = USERS["alice"]
@@ -66,7 +66,6 @@ def test_poplib_stls_both_sides_tls(pki, tls_dovecot, proxy_factory):
     assert "TLS with client" in log and "certificate verified" in log, log[-3000:]
 
 
-@SYNC_HANDSHAKE_BUG
 def test_pop3s_client_must_verify_the_proxy(pki, dovecot, proxy_factory, wtmp):
     # The proxy presents exactly the configured certificate: a client that
     # trusts another CA refuses it (the client side really is verified TLS).
@@ -127,10 +126,6 @@ def test_stls_refused_after_login_and_after_user(pki, dovecot, proxy_factory):
     assert "TLS with client" not in proxy.log_text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon bug: session.c session_stls() writes \"+OK Begin TLS negotiation\\r\\n\" "
-    "with length 28 (27 + the NUL): a NUL octet follows the +OK line in plain "
-    "text and a client that reads exactly takes it as the first TLS record"))
 def test_stls_reply_is_exact(pki, proxy_factory):
     proxy = start_tls_proxy(proxy_factory, pki, listen_tls=False)
     with proxy.connect() as c:
@@ -219,13 +214,6 @@ def test_garbage_on_pop3s_port(pki, dovecot, proxy_factory):
     assert rc == 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "daemon bug: session_new() calls conn_tls_start() for a POP3S client; when "
-    "the client's bytes are already there the handshake fails synchronously, "
-    "session_client_cb -> session_end -> proxy_session_gone() removes the "
-    "session from a list it is not in yet and queues it for freeing; "
-    "proxy.c then list_push()es the freed session and calls session_start() "
-    "on it (use after free; SIGSEGV at the latest at shutdown)"))
 def test_early_bytes_on_pop3s_port_do_not_corrupt_the_proxy(pki, dovecot, proxy_factory):
     proxy = start_tls_proxy(proxy_factory, pki)
     proxy.expect_exit = True      # this test checks the exit status itself

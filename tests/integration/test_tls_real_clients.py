@@ -3,7 +3,7 @@
 import pytest
 
 from harness import USERS, crlf, lf, message, tricky_messages
-from tlsutil import (SYNC_HANDSHAKE_BUG, curl_tls, fetchmail_tls, mpop_tls, pki, start_tls_proxy,  # noqa: F401
+from tlsutil import (curl_tls, fetchmail_tls, mpop_tls, pki, start_tls_proxy,  # noqa: F401
                      tls_dovecot)
 
 PW = USERS["alice"]
@@ -38,15 +38,9 @@ def check_both_legs_tls(proxy, dovecot):
     assert "Login: user=<alice>" in dovecot.log_text()
 
 
-NUL_BUG = pytest.mark.xfail(strict=True, reason=(
-    "daemon bug: the NUL octet session_stls() sends after \"+OK Begin TLS "
-    "negotiation\\r\\n\" (length 28 for 27 octets) breaks this client's STLS "
-    "(the same client does STLS with Dovecot directly)"))
-
-
 @pytest.mark.parametrize("client,mode", [
-    ("mpop", "pop3s"), pytest.param("mpop", "stls", marks=NUL_BUG),
-    ("fetchmail", "pop3s"), pytest.param("fetchmail", "stls", marks=NUL_BUG)])
+    ("mpop", "pop3s"), ("mpop", "stls"),
+    ("fetchmail", "pop3s"), ("fetchmail", "stls")])
 def test_client_over_tls_matches_direct(client, mode, setup, pki, tls_dovecot, procs, wtmp):
     msgs, proxy, user = setup
     run = {"mpop": mpop_tls, "fetchmail": fetchmail_tls}[client]
@@ -69,7 +63,7 @@ def test_client_over_tls_matches_direct(client, mode, setup, pki, tls_dovecot, p
     assert tls_dovecot.stored_count("alice") == len(msgs)
 
 
-@pytest.mark.parametrize("mode", ["pop3s", pytest.param("stls", marks=NUL_BUG)])
+@pytest.mark.parametrize("mode", ["pop3s", "stls"])
 def test_curl_over_tls(mode, setup, pki, tls_dovecot, procs, wtmp):
     msgs, proxy, user = setup
     if mode == "pop3s":
@@ -83,7 +77,6 @@ def test_curl_over_tls(mode, setup, pki, tls_dovecot, procs, wtmp):
     check_both_legs_tls(proxy, tls_dovecot)
 
 
-@SYNC_HANDSHAKE_BUG
 def test_curl_refuses_proxy_with_unknown_ca(setup, procs, wtmp, pki):
     # The client side is really verified: without our CA curl gives up.
     msgs, proxy, user = setup

@@ -76,10 +76,6 @@ def test_upstream_modes(mode, which, tls, pki, tls_dovecot, proxy_factory):
         assert "refused plain-text" not in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon: nothing in the log says that an upstream session is unencrypted "
-    "(session.c session_after_capa logs only refusals; 'server ... connected' "
-    "and 'logged in as' do not tell plain from TLS)"))
 def test_plain_upstream_is_logged_as_plain(pki, tls_dovecot, proxy_factory):
     tls_dovecot.deliver("alice", message("plainlog", b"plain\n"))
     proxy = start_tls_proxy(proxy_factory, pki, tls_dovecot, listen_tls=False,
@@ -219,12 +215,6 @@ def test_plaintext_to_loopback_is_exempt_under_default_policy(dovecot, proxy_fac
 # --------------------------------------------------------------------------
 # after a failed handshake
 
-@pytest.mark.xfail(strict=False, reason=(
-    "daemon bug (timing-dependent): when the upstream handshake fails inside "
-    "conn_tls_start() called from session_connected() (server bytes already "
-    "there), session_login_failed() runs and then session_connected() still "
-    "queues P_GREETING with pq_sent=1; every later reply of the session waits "
-    "behind it forever"))
 def test_session_usable_after_upstream_tls_failure(proxy_factory, fake_upstream):
     # A server that greets in plain text while the proxy expects implicit TLS.
     def script(c):

@@ -22,19 +22,6 @@ import pytest
 
 from harness import CRLF, Dovecot, RawPop3, USERS, free_port, wait_until, can_connect
 
-# Set to False once session.c stops sending a NUL after the STLS +OK line.
-NUL_AFTER_STLS_OK_BUG = True
-
-# The daemon bug pinned by test_early_bytes_on_pop3s_port_do_not_corrupt_the_proxy:
-# a POP3S handshake that fails inside session_new() (the client's bytes were
-# already there) frees the session that proxy.c then registers and starts.
-# Tests whose client aborts a handshake can hit it when the machine is busy.
-SYNC_HANDSHAKE_BUG = pytest.mark.xfail(strict=False, reason=(
-    "intermittent daemon bug: a POP3S handshake failing inside session_new() "
-    "(conn_tls_start -> session_end before proxy.c registers the session) "
-    "leaves a freed session in the list; see "
-    "test_early_bytes_on_pop3s_port_do_not_corrupt_the_proxy"))
-
 # Both sides of the proxy promise TLS 1.2 or newer.
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 
@@ -164,11 +151,6 @@ def starttls(conn, ctx, server_hostname="127.0.0.1"):
 def tls_wrap(conn, ctx, server_hostname="127.0.0.1"):
     """The handshake on a RawPop3 whose STLS +OK has been read."""
     # A server that sent anything after +OK in plain text would be injecting.
-    # One exception, for the daemon bug pinned by test_stls_reply_is_exact
-    # (session.c sends "+OK Begin TLS negotiation\r\n" with its NUL): drop a
-    # lone NUL so that the other tests still test what they are about.
-    if bytes(conn.buf) == b"\0" and NUL_AFTER_STLS_OK_BUG:
-        conn.buf.clear()
     assert not conn.buf, "plain text after STLS +OK: %r" % bytes(conn.buf)
     conn.sock = ctx.wrap_socket(conn.sock, server_hostname=server_hostname)
     conn.peer_der = conn.sock.getpeercert(binary_form=True)
