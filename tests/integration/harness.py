@@ -634,8 +634,6 @@ class Proxy:
         self.port = free_port()
         self.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
         argv = [PROXY_BIN, "--listen", self.listen]
-        if os.geteuid() == 0 and "--user" not in flags:
-            argv.append("--allow-root")  # tests run as root; see test of --user
         if dns is not None:
             argv += ["--dns-server", dns]
         for a in allow:

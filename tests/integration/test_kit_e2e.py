@@ -46,8 +46,11 @@ def proxy_quarantine(wtmp):
 def run(dovecot, proxy_factory, filt, messages, wtmp):
     for m in messages:
         dovecot.deliver("alice", m)
+    # The example filters run as root and leave their sockets root-only, so
+    # this proxy stays root too; test_filter_restart_under_the_proxy runs one as
+    # nobody against a socket made writable for it (--socket-mode).
     proxy = proxy_factory(flags=["--filter", "unix:" + filt.sock, "--filter-timeout", "10",
-                                 "--quarantine", proxy_quarantine(wtmp)])
+                                 "--quarantine", proxy_quarantine(wtmp), "--allow-root"])
     got = fetch_all(proxy, dovecot)
     assert len(got) == len(messages)
     # Filtered, not passed through on a failure.
