@@ -1408,6 +1408,15 @@ fail:
 
 static const uint32_t versions[] = { FP_VERSION };
 
+int
+filter_chain_wants_top(const struct filter_chain *fc)
+{
+	for (int i = 0; fc != NULL && i < fc->n; i++)
+		if (fc->f[i]->have_prm && (fc->f[i]->prm.commands & FP_CAP_TOP))
+			return 1;
+	return 0;
+}
+
 struct filter_chain *
 filter_chain_new(struct proxy *px)
 {

@@ -84,7 +84,7 @@ pop3_cmd_parse(const char *line, size_t len, struct cmd *cmd)
 }
 
 long
-pop3_msgno(const char *s, size_t len)
+pop3_count(const char *s, size_t len)
 {
 	long v = 0;
 
@@ -95,7 +95,15 @@ pop3_msgno(const char *s, size_t len)
 			return -1;
 		v = v * 10 + (s[i] - '0');
 	}
-	return (v < 1 || v > INT_MAX) ? -1 : v;
+	return v > INT_MAX ? -1 : v;
+}
+
+long
+pop3_msgno(const char *s, size_t len)
+{
+	long v = pop3_count(s, len);
+
+	return v < 1 ? -1 : v;
 }
 
 void

@@ -42,6 +42,8 @@ int pop3_cmd_parse(const char *line, size_t len, struct cmd *cmd);
 
 /* Parse a message-number argument: 1..INT32_MAX, digits only. -1 if bad. */
 long pop3_msgno(const char *s, size_t len);
+/* A count (TOP's lines): 0..INT32_MAX, digits only. -1 if bad. */
+long pop3_count(const char *s, size_t len);
 
 /* --- server replies --------------------------------------------------- */
 

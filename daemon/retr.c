@@ -175,7 +175,8 @@ retr_serve(struct session *s)
 	s->serve_off = 0;
 	s->serving = 0;
 	s->hold_waiting = 0;
-	s->msgs++;
+	if (!s->hold_top)
+		s->msgs++;
 	budget_release(s);
 	session_retr_complete(s);
 }
@@ -288,6 +289,8 @@ retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 	budget_dequeue(s);
 	s->hold = 1;
 	s->hold_msgno = h->msgno;
+	s->hold_top = h->top;
+	s->hold_top_lines = h->top_lines;
 	s->hold_size = size;
 	s->hold_started = ev_now(px->loop);
 	s->held_status_len = 0;
@@ -333,7 +336,8 @@ retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 {
 	if (!s->hold) {
 		session_relay(s, end->p, end->len);
-		s->msgs++;
+		if (!h->top)
+			s->msgs++;
 		return 0;
 	}
 	s->hold = 0;
@@ -348,7 +352,8 @@ retr_end(struct session *s, struct pending *h, const struct resp_event *end)
 		.msgno = s->hold_msgno,
 		.size = s->hold_size >= 0 ? (uint64_t)s->hold_size : s->msg.len,
 		.uidl = session_uidl(s, s->hold_msgno),
-		.command = "RETR",
+		.command = s->hold_top ? "TOP" : "RETR",
+		.top_lines = s->hold_top_lines,
 	};
 	s->job = filter_submit(s->px->filters, &f, &s->msg, retr_done, s);
 	if (s->job == NULL) {

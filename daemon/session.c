@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "base64.h"
+#include "filter.h"
 #include "log.h"
 #include "proxy.h"
 #include "retr.h"
@@ -915,6 +916,8 @@ session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
 {
 	enum pend_kind kind = P_RELAY;
 	long msgno = 0;
+	int top = 0;
+	uint32_t top_lines = 0;
 
 	if (s->state == S_FIXED && session_tls_required(s) &&
 	    (c->id == CMD_USER || c->id == CMD_PASS || c->id == CMD_APOP ||
@@ -946,6 +949,21 @@ session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
 		msgno = pop3_msgno(c->args, c->args_len);
 		kind = msgno > 0 ? P_RETR : P_RELAY;
 		break;
+	case CMD_TOP: {
+		/* Held for the filters only if one of them asked for TOP. */
+		const char *sp = memchr(c->args, ' ', c->args_len);
+		if (sp == NULL || !filter_chain_wants_top(s->px->filters))
+			break;
+		msgno = pop3_msgno(c->args, (size_t)(sp - c->args));
+		long lines = pop3_count(sp + 1, c->args_len -
+		    (size_t)(sp + 1 - c->args));
+		if (msgno > 0 && lines >= 0) {
+			kind = P_RETR;
+			top = 1;
+			top_lines = (uint32_t)lines;
+		}
+		break;
+	}
 	case CMD_PASS:
 	case CMD_APOP:
 		if (s->state == S_FIXED)
@@ -972,6 +990,8 @@ session_relay_cmd(struct session *s, const struct cmd *c, const char *line,
 		return;
 	}
 	p->msgno = (uint32_t)msgno;
+	p->top = (uint8_t)top;
+	p->top_lines = top_lines;
 }
 
 static void

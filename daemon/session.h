@@ -65,7 +65,9 @@ struct pending {
 	uint8_t kind;
 	uint8_t multi;
 	uint8_t sasl_wait;	/* P_FIXED_AUTH: a "+ " went out, client's turn */
+	uint8_t top;		/* P_RETR: a TOP command, top_lines lines */
 	uint32_t msgno;
+	uint32_t top_lines;
 	uint32_t unsent;	/* octets of this command not yet sent upstream */
 	const char *local;	/* P_LOCAL: static reply text */
 };
@@ -125,6 +127,8 @@ struct session {
 	unsigned budget_wait:1;		/* queued for --buffer-budget room */
 	struct session *bw_next;	/* the proxy's budget queue */
 	uint32_t hold_msgno;
+	uint32_t hold_top_lines;
+	uint8_t hold_top;
 	long long hold_size;		/* from "+OK n octets", -1 if unknown */
 	uint64_t held_now;		/* octets counted in px->held_bytes */
 	struct filter_job *job;

@@ -231,6 +231,23 @@ def test_top_is_relayed_unfiltered(dovecot, proxy_factory, procs, wtmp):
     assert f.requests() == []
 
 
+def test_top_is_filtered_when_the_filter_asks(dovecot, proxy_factory, procs, wtmp):
+    dovecot.deliver("alice", message("topped", b"one\ntwo\nthree\n"))
+    f = start_filter(procs, wtmp, mode="edit", args=["--commands", "retr,top"])
+    p = proxy_factory(flags(f))
+    c = via(p, dovecot)
+    # The filter's grant arrives with its hello_ack, right after start.
+    p.wait_log(r"filter f1.sock: connected to", timeout=5)
+    st, body = c.cmd_multi("TOP 1 1")
+    got = unstuff(body)
+    assert octets(st) == len(got)
+    assert b"X-Filtered: f1\r\n" in got
+    assert got.endswith(b"\r\n\r\none\r\n"), got[-40:]
+    c.ok("QUIT")
+    [r] = f.requests()
+    assert r["message"]["command"] == "TOP" and r["message"]["top_lines"] == 1
+
+
 def test_max_size_streams_unfiltered(dovecot, proxy_factory, procs, wtmp):
     dovecot.deliver("alice", message("small", b"x\n"))
     dovecot.deliver("alice", message("large", b"y" * 5000 + b"\n.dot\n"))

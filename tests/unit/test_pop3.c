@@ -81,6 +81,11 @@ test_msgno(void)
 	CHECK_INT(pop3_msgno("", 0), -1);
 	CHECK_INT(pop3_msgno("1 2", 3), -1);
 	CHECK_INT(pop3_msgno("99999999999", 11), -1);
+	CHECK_INT(pop3_count("0", 1), 0);
+	CHECK_INT(pop3_count("10", 2), 10);
+	CHECK_INT(pop3_count("-0", 2), -1);
+	CHECK_INT(pop3_count("", 0), -1);
+	CHECK_INT(pop3_count("2147483648", 10), -1);
 }
 
 static void
