@@ -396,10 +396,12 @@ conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 		return;
 	if (c->in.len >= c->in_hwm)
 		conn_update(c);
+	size_t last = c->in.len;
 	c->cb(c, CONN_DATA, c->arg);
 	/* An idle session keeps no read buffer: 10,000 idle sessions must not
-	 * sit on 64 KiB each. glibc serves the next one from its free list. */
-	if (c->in.len == 0)
+	 * sit on 64 KiB each. A bulk transfer (big reads) keeps its buffer, or
+	 * every read would pay a malloc and free of 64 KiB. */
+	if (c->in.len == 0 && last < 4096)
 		buf_shrink(&c->in, 0);
 }
 

@@ -3,6 +3,9 @@
 #include <limits.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "pop3.h"
 
@@ -182,22 +185,50 @@ resp_body(struct resp_parser *p, const char *buf, size_t len,
 		ev->stuffed = 1;
 		i = 1;
 	}
-	/* Scan line ends; stop before the next line that starts with '.'. */
-	for (;;) {
-		const char *lf = memchr(buf + i, '\n', len - i);
-		if (lf == NULL) {
-			i = len;
-			p->bol = 0;
-			break;
-		}
-		i = (size_t)(lf - buf) + 1;
+	/* Stop right before the next line that starts with '.'. */
+	size_t d = pop3_find_dot_line(buf, len, i);
+	if (d < len) {
 		p->bol = 1;
-		if (i == len || buf[i] == '.')
-			break;
+		i = d;
+	} else {
+		p->bol = buf[len - 1] == '\n';
+		i = len;
 	}
 	ev->kind = RESP_DATA;
 	ev->len = i;
 	return i;
+}
+
+size_t
+pop3_find_dot_line(const char *buf, size_t len, size_t i)
+{
+#if defined(__SSE2__)
+	/* Compare 16 octets with '\n' and the 16 after them with '.': a
+	 * set bit in both masks is a line that starts with a dot. */
+	const __m128i lf = _mm_set1_epi8('\n'), dot = _mm_set1_epi8('.');
+	while (i + 17 <= len) {
+		__m128i a = _mm_loadu_si128((const __m128i *)(const void *)(buf + i));
+		__m128i b = _mm_loadu_si128((const __m128i *)(const void *)(buf + i + 1));
+		int m = _mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, lf),
+		    _mm_cmpeq_epi8(b, dot)));
+		if (m != 0)
+			return i + (size_t)__builtin_ctz((unsigned)m) + 1;
+		i += 16;
+	}
+	for (; i + 1 < len; i++)
+		if (buf[i] == '\n' && buf[i + 1] == '.')
+			return i + 1;
+	return len;
+#else
+	for (;;) {
+		const char *lf = memchr(buf + i, '\n', len - i);
+		if (lf == NULL || (size_t)(lf - buf) + 1 >= len)
+			return len;
+		i = (size_t)(lf - buf) + 1;
+		if (buf[i] == '.')
+			return i;
+	}
+#endif
 }
 
 size_t

@@ -116,11 +116,10 @@ retr_proxy_free(struct proxy *px)
 static size_t
 stuffed_run(const char *p, size_t len, size_t off, size_t lim)
 {
-	for (const char *q = p + off;
-	    (q = memchr(q, '\n', (size_t)(p + lim - q))) != NULL; q++)
-		if (q + 1 < p + len && q[1] == '.')
-			return (size_t)(q - p) + 1;
-	return lim;
+	size_t bound = lim < len ? lim + 1 : len;
+	size_t d = pop3_find_dot_line(p, bound, off);
+
+	return d < lim ? d : lim;
 }
 
 /* Does the line that starts at off need a stuffing dot? */
