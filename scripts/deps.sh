@@ -20,6 +20,11 @@ for p in $want; do
     missing="$missing $p"
   fi
 done
+# The Node.js example needs npm; Debian's nodejs does not bring it, while
+# NodeSource's nodejs has it built in and conflicts with Debian's npm.
+if [ "${1:-build}" = test ] && ! command -v npm >/dev/null 2>&1; then
+  missing="$missing npm"
+fi
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
