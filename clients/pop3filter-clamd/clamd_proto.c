@@ -92,11 +92,14 @@ clamd_reply_parse(const char *buf, size_t len, bool eof, struct clamd_reply *r,
 		r->status = CLAMD_CLEAN;
 		return 1;
 	}
-	if (n > 14 && memcmp(buf, "stream: ", 8) == 0 &&
-	    ends_with(buf, n, " FOUND")) {
+	if (n >= 8 + 5 && memcmp(buf, "stream: ", 8) == 0 &&
+	    ends_with(buf, n, "FOUND")) {
 		t = buf + 8;
+		/* "stream: FOUND" has no room for a name. */
+		if (n < 8 + 6 + 1 || buf[n - 6] != ' ')
+			return perr(err, errlen, "bad signature name");
 		n -= 8 + 6;
-		if (n == 0 || n >= sizeof(r->text))
+		if (n >= sizeof(r->text) || t[0] == ' ' || t[n - 1] == ' ')
 			return perr(err, errlen, "bad signature name");
 		r->status = CLAMD_FOUND;
 		memcpy(r->text, t, n);
