@@ -273,7 +273,7 @@ fp_apply_edits(const char *msg, size_t len, const struct fp_edit *edits,
 	const char *lf;
 	const struct hfield *f;
 	size_t i, end, start = out->len;
-	bool pending = false;
+	bool pending = false, emitted = false;
 
 	for (i = 0; i < n; i++)
 		if (fp_edit_invalid(&edits[i]) != NULL)
@@ -308,6 +308,21 @@ fp_apply_edits(const char *msg, size_t len, const struct fp_edit *edits,
 		if (fp_buf_append(out, field_text(&h, f), f->len) == -1)
 			goto fail;
 		pending = field_text(&h, f)[f->len - 1] != '\n';
+		emitted = true;
+	}
+	/*
+	 * A header block that ended at a line that is neither a field nor the
+	 * empty separator (a message without one, or one whose first line
+	 * starts with a blank) must not run on into what follows: that line
+	 * would continue the last field written and the lines after it would
+	 * read as fields. An empty line makes the rest the body it was.
+	 */
+	if (emitted && end < len && msg[end] != '\n' &&
+	    !(msg[end] == '\r' && end + 1 < len && msg[end + 1] == '\n')) {
+		if (pending && fp_buf_append(out, h.eol, h.eollen) == -1)
+			goto fail;
+		if (fp_buf_append(out, h.eol, h.eollen) == -1)
+			goto fail;
 	}
 	if (fp_buf_append(out, msg + end, len - end) == -1)
 		goto fail;

@@ -191,11 +191,18 @@ test_no_separator(void)
 	expect("", e, 1, "X-A: 1\r\n");
 	/* empty header block: the blank line comes first */
 	expect("\r\nbody\r\n", e, 1, "X-A: 1\r\n\r\nbody\r\n");
-	/* a line that is no header ends the block without a blank line */
+	/* a line that is no header ends the block: a blank line is put
+	 * after the fields written, so the rest stays body */
 	expect("Subject: s\r\nnot a header line\r\nX-B: 2\r\n", e, 1,
-	    "Subject: s\r\nX-A: 1\r\nnot a header line\r\nX-B: 2\r\n");
+	    "Subject: s\r\nX-A: 1\r\n\r\nnot a header line\r\nX-B: 2\r\n");
 	/* a message that starts with a continuation has no header block */
 	expect(" odd\r\nX: 1\r\n", d, 1, " odd\r\nX: 1\r\n");
+	/* ... and an added field must not swallow that line, nor turn the
+	 * lines after it into fields (found by fuzz_edit, F1) */
+	expect(" folded\r\nX-Injected: yes\r\n\r\nbody\r\n", e, 1,
+	    "X-A: 1\r\n\r\n folded\r\nX-Injected: yes\r\n\r\nbody\r\n");
+	/* the same with the unterminated last field */
+	expect("Subject: s", e, 1, "Subject: s\r\nX-A: 1\r\n");
 }
 
 /* Obsolete "Name :" syntax is matched, and a changed field keeps it. */
