@@ -5,7 +5,7 @@ set -eu
 
 BUILD="build-essential pkg-config libev-dev libmsgpack-dev libc-ares-dev libssl-dev"
 RUN=""
-TEST="dovecot-pop3d fetchmail mpop getmail6 curl python3 python3-pytest python3-msgpack openssl procps libdata-messagepack-perl ruby ruby-msgpack nodejs clang-14 libclang-rt-14-dev iproute2"
+TEST="dovecot-pop3d fetchmail mpop getmail6 curl python3 python3-pytest python3-msgpack openssl procps libdata-messagepack-perl ruby ruby-msgpack nodejs clang-14 libclang-rt-14-dev iproute2 spamassassin spamc spamd clamav-daemon clamdscan"
 
 case "${1:-build}" in
   build) want="$BUILD" ;;
