@@ -63,9 +63,11 @@ class Spamd:
             "report_safe %d\nuse_bayes 0\nbayes_auto_learn 0\nskip_rbl_checks 1\n"
             "dns_available no\nuse_razor2 0\nuse_pyzor 0\n" % report_safe)
         self.port = free_port()
+        self.sock = self.root / "spamd.sock"
         self.procs = procs
         self.proc = procs.spawn(
-            ["spamd", "--listen=127.0.0.1:%d" % self.port, "--allowed-ips=127.0.0.1",
+            ["spamd", "--listen=127.0.0.1:%d" % self.port, "--listen=%s" % self.sock,
+             "--socketmode=0666", "--allowed-ips=127.0.0.1",
              "-L", "-x", "-u", "nobody", "-g", "nogroup", "--siteconfigpath=%s" % self.root,
              "--pidfile=%s" % (self.root / "spamd.pid"), "--syslog=stderr", "-m", "4",
              "--min-children=2", "-H", self.root], "spamd")
@@ -276,12 +278,14 @@ def test_spamc_tags_gtube(spamd):
     assert b"X-Spam-Flag: YES" not in head(spamd.spamc(crlf(HAM)))
 
 
-def test_spamd_tags_like_spamc(dovecot, proxy_factory, bridge, spamd):
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_spamd_tags_like_spamc(transport, dovecot, proxy_factory, bridge, spamd):
     """GTUBE arrives with X-Spam-Flag: YES, a normal message as not spam; the
     X-Spam-* fields are exactly spamc's, everything else as stored."""
     for m in (SPAM, HAM):
         dovecot.deliver("alice", m)
-    b = bridge(SPAMD_BRIDGE, ["--spamd", spamd.addr])
+    addr = spamd.addr if transport == "tcp" else "unix:%s" % spamd.sock
+    b = bridge(SPAMD_BRIDGE, ["--spamd", addr])
     proxy = start_proxy(proxy_factory, b)
     got = fetch(proxy, dovecot)
     for orig, g in zip((SPAM, HAM), got):
