@@ -353,14 +353,24 @@ xchg_free(struct xchg *x)
 	free(x);
 }
 
-/* Start queued exchanges while connections are free. A start that fails does
- * so later, from the timer, so this never calls back. */
+/* Start queued exchanges while connections are free. One with less than a
+ * tenth of its time left would only hold the scanner for nothing: its timer
+ * fails it now. A start that fails does so later, from the timer too, so
+ * this never calls back. */
 static void
 bridge_kick(struct bridge *b)
 {
-	struct xchg *x;
+	struct xchg *x, *next;
 
-	while (b->active < b->o.max_conns && (x = TAILQ_FIRST(&b->queue))) {
+	for (x = TAILQ_FIRST(&b->queue); x != NULL &&
+	    b->active < b->o.max_conns; x = next) {
+		next = TAILQ_NEXT(x, entry);
+		if (x->deadline - ev_now(b->loop) < x->timeout / 10) {
+			ev_timer_stop(b->loop, &x->timer);
+			ev_timer_set(&x->timer, 0., 0.);
+			ev_timer_start(b->loop, &x->timer);
+			continue;
+		}
 		TAILQ_REMOVE(&b->queue, x, entry);
 		b->nqueued--;
 		xchg_start(x);

@@ -409,7 +409,9 @@ def test_spamd_stopped_under_the_proxy(dovecot, proxy_factory, bridge, procs, wt
 
 def test_spamd_silent(dovecot, proxy_factory, bridge):
     """A spamd that accepts and never answers: the bridge gives up after
-    --timeout and says so, well before the proxy's own deadline."""
+    --timeout and says so, well before the proxy's own deadline; with one
+    connection allowed, the other sessions' messages wait in the queue (never
+    a second connection) and time out there."""
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(16)
@@ -425,16 +427,35 @@ def test_spamd_silent(dovecot, proxy_factory, bridge):
                 pass
     t = threading.Thread(target=hold, daemon=True)
     t.start()
+    users = ["alice", "bob", "john@example.com"]
     try:
-        dovecot.deliver("alice", SPAM)
+        for u in users:
+            dovecot.deliver(u, SPAM)
         b = bridge(SPAMD_BRIDGE, ["--spamd", "127.0.0.1:%d" % lsock.getsockname()[1],
-                                  "--timeout", "1"])
+                                  "--timeout", "1", "--max-connections", "1"])
         proxy = start_proxy(proxy_factory, b)
         t0 = time.monotonic()
-        (g,) = fetch(proxy, dovecot)
+        got, errors = {}, []
+
+        def run(u):
+            try:
+                got[u] = fetch(proxy, dovecot, u)
+            except Exception as e:  # reported below
+                errors.append(e)
+        ts = [threading.Thread(target=run, args=(u,)) for u in users]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join(30)
+        assert not errors, errors
         assert time.monotonic() - t0 < 8
-        assert unfiltered(g)
-        assert "no answer within 1.0 s" in b.log()
+        assert all(unfiltered(g) for (g,) in got.values()), got
+        log = b.log()
+        assert "no answer within 1.0 s" in log, (len(held), time.monotonic() - t0)
+        assert "no free connection within" in log, (len(held), time.monotonic() - t0)
+        # The queue held them: at most one connection at a time, and the
+        # queued ones timed out before one came free (or just after).
+        assert 1 <= len(held) <= 2, len(held)
     finally:
         stop.set()
         t.join(2)
