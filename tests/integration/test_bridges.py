@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -242,6 +241,24 @@ def fetch(proxy, dovecot, user="alice"):
         p.close()
 
 
+def fetch_concurrently(proxy, dovecot, users):
+    """fetch() for each user, all sessions at once: {user: messages}."""
+    results, errors = {}, []
+
+    def run(u):
+        try:
+            results[u] = fetch(proxy, dovecot, u)
+        except Exception as e:  # reported below
+            errors.append(e)
+    ts = [threading.Thread(target=run, args=(u,)) for u in users]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors, errors
+    return results
+
+
 def head(msg):
     return msg.split(b"\r\n\r\n", 1)[0] + b"\r\n"
 
@@ -367,20 +384,7 @@ def test_spamd_many_in_flight(dovecot, proxy_factory, bridge, spamd):
         for i in range(10):
             dovecot.deliver(u, SPAM if i % 2 else HAM)
     b = bridge(SPAMD_BRIDGE, ["--spamd", spamd.addr, "--max-connections", "2"])
-    proxy = start_proxy(proxy_factory, b)
-    results, errors = {}, []
-
-    def run(u):
-        try:
-            results[u] = fetch(proxy, dovecot, u)
-        except Exception as e:  # reported below
-            errors.append(e)
-    ts = [threading.Thread(target=run, args=(u,)) for u in users]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
-    assert not errors, errors
+    results = fetch_concurrently(start_proxy(proxy_factory, b), dovecot, users)
     for u in users:
         assert len(results[u]) == 10
         for i, g in enumerate(results[u]):
@@ -435,19 +439,7 @@ def test_spamd_silent(dovecot, proxy_factory, bridge):
                                   "--timeout", "1", "--max-connections", "1"])
         proxy = start_proxy(proxy_factory, b)
         t0 = time.monotonic()
-        got, errors = {}, []
-
-        def run(u):
-            try:
-                got[u] = fetch(proxy, dovecot, u)
-            except Exception as e:  # reported below
-                errors.append(e)
-        ts = [threading.Thread(target=run, args=(u,)) for u in users]
-        for th in ts:
-            th.start()
-        for th in ts:
-            th.join(30)
-        assert not errors, errors
+        got = fetch_concurrently(proxy, dovecot, users)
         assert time.monotonic() - t0 < 8
         assert all(unfiltered(g) for (g,) in got.values()), got
         log = b.log()
