@@ -228,3 +228,15 @@ test-san:
 	@$(SAN_ENV) $(MAKE) --no-print-directory SAN=1 unit
 	@$(SAN_ENV) $(MAKE) --no-print-directory SAN=1 integration
 # ==== end of fuzzing =========================================================
+
+# ==== soak (issue 8; owned by tests/integration/test_soak.py) ================
+# make soak: the fault-injection soak for SOAK_SECONDS (600): clients, filters
+# and Dovecots killed at random points (seed SOAK_SEED, printed). `make test`
+# runs the same test for 75 s. Figures: build/test-logs/soak-summary-<N>s.json.
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: all
+	@mkdir -p build/test-logs
+	cd tests/integration && SOAK_SECONDS=$(SOAK_SECONDS) $(if $(SOAK_SEED),SOAK_SEED=$(SOAK_SEED)) \
+	    $(PYTHON) -m pytest -q -s -p no:cacheprovider test_soak.py
+# ==== end of soak ============================================================
