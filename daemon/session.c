@@ -56,6 +56,7 @@ static void session_update(struct session *);
 static void session_login_step(struct session *);
 static void session_client_line(struct session *, const char *, size_t);
 static void session_uidls_free(struct session *);
+static void session_check_eof(struct session *);
 
 static const char *const state_names[] = {
 	"AUTH", "SASL", "LOGIN", "WAIT_PASS", "PASS", "FIXED", "TRANSACTION",
@@ -1135,14 +1136,15 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 		session_client_input(s);
 		break;
 	case CONN_EOF:
-		/* Lines that came before the FIN still count (a QUIT, say). */
+		/* Lines that came before the FIN still count, and are answered
+		 * as a server would (the client may only have shut down its
+		 * sending side); then the session ends, without QUIT upstream
+		 * unless the client sent one. */
+		s->client_eof = 1;
 		session_client_input(s);
 		if (s->state == S_CLOSING)
 			return;
-		if (s->quit_sent && conn_is_open(&s->up))
-			break;	/* let the server confirm the QUIT */
-		session_end(s, "client closed", NULL);
-		return;
+		break;
 	case CONN_TLS_READY:
 		s->client_tls = 1;
 		log_info(s->sid, "TLS with client: %s %s", SSL_get_version(c->ssl),
@@ -1179,6 +1181,21 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 		break;
 	}
 	session_update(s);
+	session_check_eof(s);
+}
+
+/*
+ * After the client's FIN: once every command it sent has been answered
+ * (nothing owed, no login under way, no message being served), end.
+ */
+static void
+session_check_eof(struct session *s)
+{
+	if (!s->client_eof || s->state == S_CLOSING || s->pq_len > 0 ||
+	    s->state == S_LOGIN || s->state == S_PASS || s->serving ||
+	    s->hold_waiting)
+		return;
+	session_end(s, s->quit_sent ? "quit" : "client closed", NULL);
 }
 
 void
@@ -1695,4 +1712,5 @@ session_up_cb(struct conn *c, enum conn_event ev, void *arg)
 		break;
 	}
 	session_update(s);
+	session_check_eof(s);
 }

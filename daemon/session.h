@@ -104,6 +104,7 @@ struct session {
 	unsigned client_tls:1, up_tls:1;	/* TLS established */
 	unsigned up_implicit:1, up_stls_want:1, up_stls_offered:1;
 	unsigned stls_now:1;		/* client STLS accepted this line */
+	unsigned client_eof:1;		/* client half-closed: answer, then end */
 	char *saved_greeting;		/* fixed mode + STLS: relayed after TLS */
 	char **uidls;			/* by message number, when filtering */
 	uint32_t nuidls;
