@@ -63,6 +63,8 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps test unit integration run install clean
+# Keep the objects of unit tests (make would delete them as intermediates).
+.SECONDARY:
 .DEFAULT_GOAL := all
 
 all: $(PROGS) $(if $(FLIB_SRC),$(FLIB_A) $(FLIB_SO))
@@ -112,11 +114,15 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(CORE_LIB) $(if $(FLIB_SRC),$(FLIB_A)) $(PROT
 deps:
 	@scripts/deps.sh build
 
-# make test: install what is missing, build, run every test.
+# make test: install what is missing, build, run every test: the unit and
+# integration tests, a short run of every fuzz target, and the unit and
+# integration tests again against the ASan+UBSan build (test-san, below).
 test:
 	@scripts/deps.sh test
 	@$(MAKE) --no-print-directory all $(UNIT_BIN)
 	@$(MAKE) --no-print-directory unit integration
+	@$(MAKE) --no-print-directory fuzz-quick
+	@$(MAKE) --no-print-directory test-san
 
 unit: $(UNIT_BIN)
 	@scripts/run-unit.sh $(UNIT_BIN)
