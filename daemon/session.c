@@ -25,29 +25,21 @@
 #define LINGER		5.0	/* seconds to flush a goodbye to a slow client */
 #define CAPBUF_MAX	16384
 
-static const char capa_prelogin_stls[] =
-    "+OK Capability list follows\r\n"
-    "STLS\r\n"
-    "USER\r\n"
-    "SASL PLAIN\r\n"
-    "PIPELINING\r\n"
-    "TOP\r\n"
-    "UIDL\r\n"
-    "RESP-CODES\r\n"
-    "AUTH-RESP-CODE\r\n"
-    "IMPLEMENTATION pop3proxyd\r\n"
-    ".\r\n";
+/* What the proxy itself offers before login; STLS only with a certificate. */
+#define CAPA_PRELOGIN \
+    "USER\r\n" \
+    "SASL PLAIN\r\n" \
+    "PIPELINING\r\n" \
+    "TOP\r\n" \
+    "UIDL\r\n" \
+    "RESP-CODES\r\n" \
+    "AUTH-RESP-CODE\r\n" \
+    "IMPLEMENTATION pop3proxyd\r\n" \
+    ".\r\n"
 static const char capa_prelogin[] =
-    "+OK Capability list follows\r\n"
-    "USER\r\n"
-    "SASL PLAIN\r\n"
-    "PIPELINING\r\n"
-    "TOP\r\n"
-    "UIDL\r\n"
-    "RESP-CODES\r\n"
-    "AUTH-RESP-CODE\r\n"
-    "IMPLEMENTATION pop3proxyd\r\n"
-    ".\r\n";
+    "+OK Capability list follows\r\n" CAPA_PRELOGIN;
+static const char capa_prelogin_stls[] =
+    "+OK Capability list follows\r\nSTLS\r\n" CAPA_PRELOGIN;
 
 static void session_client_cb(struct conn *, enum conn_event, void *);
 static void session_up_cb(struct conn *, enum conn_event, void *);
