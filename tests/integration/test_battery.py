@@ -25,12 +25,13 @@ import time
 
 import pytest
 
-from harness import (LOG_ROOT, USERS, Dovecot, ProcessSet, Proxy, RawPop3, big_message,
+from harness import (LOG_ROOT, PROXY_BIN, USERS, Dovecot, ProcessSet, Proxy, RawPop3, big_message,
                      blackhole, crlf, direct, message, plain_ir, read_replies, tail,
                      transcript, unstuff, wait_until, world_tmpdir)
 from tlsutil import Pki, tls_wrap
 
 PW = USERS["alice"]
+ASAN = PROXY_BIN.exists() and b"__asan_init" in PROXY_BIN.read_bytes()
 SANITIZER_REPORT = r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|LeakSanitizer has encountered"
 
 
@@ -730,4 +731,8 @@ def test_zz_battery_left_no_trace(bat):
     rss = bat.rss()
     print("battery: %d cases on one proxy; fds %d (baseline %d); RSS %d KiB (baseline %d KiB)"
           % (bat.cases, bat.fds(), bat.base_fds, rss, bat.base_rss))
+    if ASAN:
+        # ASan's quarantine holds freed memory by design; LeakSanitizer at
+        # the proxy's exit (checked in Battery.close) is the leak check there.
+        return
     assert rss - bat.base_rss < 8 * 1024, (rss, bat.base_rss)
