@@ -556,22 +556,12 @@ def half_open_exchange(sock_factory, login, data):
     return out
 
 
-HALF_CLOSE_DROPS = (
-    "daemon bug: on the client's FIN (session.c session_client_cb, CONN_EOF) the "
-    "lines before it are relayed but only a QUIT waits for its reply: "
-    "session_end(s, \"client closed\") drops the replies to STAT/LIST/UIDL/RETR/NOOP "
-    "(and to USER/PASS), which Dovecot itself still sends to a half-closed client")
-# Not strict: a reply that beats the FIN to the proxy does get through
-# (DELE's reply usually does, STAT's usually not).
-XF_HALF = pytest.mark.xfail(strict=False, reason=HALF_CLOSE_DROPS)
-
-
 @pytest.mark.parametrize("data", [
-    pytest.param(b"STAT\r\n", id="stat", marks=XF_HALF),
-    pytest.param(b"STAT\r\nLIST\r\nUIDL\r\n", id="three-pipelined", marks=XF_HALF),
-    pytest.param(b"RETR 1\r\n", id="retr", marks=XF_HALF),
-    pytest.param(b"RETR 2\r\n", id="retr-2mb", marks=XF_HALF),
-    pytest.param(b"DELE 1\r\n", id="dele-no-quit", marks=XF_HALF),
+    pytest.param(b"STAT\r\n", id="stat"),
+    pytest.param(b"STAT\r\nLIST\r\nUIDL\r\n", id="three-pipelined"),
+    pytest.param(b"RETR 1\r\n", id="retr"),
+    pytest.param(b"RETR 2\r\n", id="retr-2mb"),
+    pytest.param(b"DELE 1\r\n", id="dele-no-quit"),
     pytest.param(b"QUIT\r\n", id="quit")])
 def test_half_open_after_login_like_dovecot(data, bat):
     """Whatever Dovecot answers to commands followed by a FIN, the proxy
@@ -593,7 +583,6 @@ def test_half_open_before_login(bat):
     assert out.startswith(b"+OK") and out.endswith(b"\r\n.\r\n"), out
 
 
-@XF_HALF
 def test_half_open_login_lines(bat):
     s = raw_conn(bat)
     s.settimeout(10)
