@@ -470,6 +470,7 @@ session_login_failed(struct session *s, const char *line, size_t len)
 	if (line != NULL)
 		session_client_write(s, line, len);
 	session_drop_upstream(s);
+	s->sasl_route = 0;
 	session_enter(s, S_AUTH);
 	if (++s->logins >= MAX_LOGINS)
 		session_end(s, "too many failed logins", NULL);
@@ -654,6 +655,7 @@ session_route(struct session *s, const char *name, size_t len)
 		return;
 	}
 	s->routed = 1;
+	s->sasl_route = 0;	/* an earlier AUTH PLAIN attempt is over */
 	log_info(s->sid, "user %s routed to %s:%u", s->rt.user, s->rt.host,
 	    s->rt.port);
 	session_enter(s, S_LOGIN);

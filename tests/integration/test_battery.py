@@ -307,21 +307,12 @@ def test_format_string_user_routed_to_dovecot(bat):
 
 
 def test_format_string_in_auth_plain(bat):
-    # (no USER login in the same session afterwards: see AUTH_PLAIN_STICKS)
     with bat.connect() as c:
         r = c.cmd("AUTH PLAIN " + plain_ir("%n%s%x%127.0.0.1:" + str(bat.dv.port), "%n%n"))
         assert r.startswith(b"-ERR"), r
         assert c.cmd("AUTH PLAIN " + plain_ir(bat.route(), PW)).startswith(b"+OK")
 
 
-AUTH_PLAIN_STICKS = (
-    "daemon bug: after a failed AUTH PLAIN login, s->sasl_route stays 1 (set in "
-    "session.c:742, never cleared), so a later USER/PASS login in the same session "
-    "makes session_login_step() send 'AUTH PLAIN (null)' upstream (s->sasl_up was "
-    "wiped): the client gets the server's '-ERR ... Invalid base64 ...'")
-
-
-@pytest.mark.xfail(strict=True, reason=AUTH_PLAIN_STICKS)
 def test_user_login_after_a_failed_auth_plain(bat):
     with bat.connect() as c:
         r = c.cmd("AUTH PLAIN " + plain_ir(bat.route(), "wrong-password"))
