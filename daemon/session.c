@@ -453,6 +453,8 @@ session_update(struct session *s)
 		ev_timer_again(s->px->loop, &s->uptimer);
 	else if (!due && ev_is_active(&s->uptimer))
 		ev_timer_stop(s->px->loop, &s->uptimer);
+	/* Last, as it may end the session: a half-closed client answered. */
+	session_check_eof(s);
 }
 
 /* --- routing-mode login --------------------------------------------------- */
@@ -1175,7 +1177,6 @@ session_client_cb(struct conn *c, enum conn_event ev, void *arg)
 		break;
 	}
 	session_update(s);
-	session_check_eof(s);
 }
 
 /*
@@ -1706,5 +1707,4 @@ session_up_cb(struct conn *c, enum conn_event ev, void *arg)
 		break;
 	}
 	session_update(s);
-	session_check_eof(s);
 }
