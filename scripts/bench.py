@@ -733,14 +733,35 @@ def version(argv):
         return "?"
 
 
+def git_rev():
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def other_load(t0_load, rev0):
+    """What else ran: the load average before and after (on 2 cores any other
+    job skews the ratios), and whether HEAD moved during the run (a proxy
+    started later may run a newer binary than one started earlier)."""
+    l0, l1 = t0_load, os.getloadavg()
+    out = "- load average (1/5/15 min) before: %.2f %.2f %.2f, after: %.2f %.2f %.2f" % (l0 + l1)
+    rev1 = git_rev()
+    if rev1 != rev0:
+        out += "; HEAD moved during the run (%s to %s)" % (rev0, rev1)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--",
+                            "daemon", "protocol", "clients"],
+                           capture_output=True, text=True).stdout.split()[1::2]
+    if dirty:
+        out += "; built from a working tree with uncommitted changes in %s" % ", ".join(dirty)
+    return out + "\n"
+
+
 def machine():
     cpu = "?"
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
+    rev = git_rev()
     return ("- date: %s\n- machine: %d CPUs (nproc), %s, Linux %s, %.1f GiB RAM\n"
             "- pop3proxyd: git %s; %s; %s\n" % (
                 datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -774,7 +795,7 @@ def main():
             sys.exit("bench: bin/%s is missing: run make first" % p)
     b = Bench(a)
     parts = []
-    t0 = time.time()
+    t0, load0, rev0 = time.time(), os.getloadavg(), git_rev()
     try:
         t = b.targets()
         if "1" in only:
@@ -799,8 +820,8 @@ def main():
     finally:
         b.close()
     notes = "".join("\n_Note: %s._\n" % n for n in b.notes)
-    md = ("%s%s\n_%s: %d round(s) of %.1f s per cell, %.0f s in all._\n\n%s" % (
-        machine(), notes, "bench-quick" if a.quick else "bench", a.runs, a.duration,
+    md = ("%s%s%s\n_%s: %d round(s) of %.1f s per cell, %.0f s in all._\n\n%s" % (
+        machine(), other_load(load0, rev0), notes, "bench-quick" if a.quick else "bench", a.runs, a.duration,
         time.time() - t0, "\n".join(parts)))
     print(md)
     if a.write:
