@@ -49,6 +49,22 @@ buf_reserve(struct buf *b, size_t n)
 }
 
 int
+buf_presize(struct buf *b, size_t n)
+{
+	if (b->cap >= n)
+		return 0;
+	if (b->len != 0)
+		return buf_reserve(b, n - b->len) ? 0 : -1;
+	char *p = realloc(b->data, n);
+	if (p == NULL)
+		return -1;
+	b->data = p;
+	b->cap = n;
+	b->off = 0;
+	return 0;
+}
+
+int
 buf_append(struct buf *b, const void *p, size_t n)
 {
 	if (n == 0)

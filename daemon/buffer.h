@@ -20,6 +20,9 @@ char *buf_reserve(struct buf *, size_t n);
 #define buf_tail(b) ((b)->data + (b)->off + (b)->len)
 #define buf_commit(b, n) ((b)->len += (n))
 int buf_append(struct buf *, const void *p, size_t n);
+/* Give an empty buffer exactly n bytes of room (no rounding up): a held
+ * message of known size takes what it needs, not the next power of two. */
+int buf_presize(struct buf *, size_t n);
 /* Drop n bytes from the front. */
 void buf_consume(struct buf *, size_t n);
 /* Release memory above `keep` bytes of capacity once the buffer is empty, so

@@ -165,6 +165,10 @@ conn_flush(struct conn *c)
 		ev_io_start(c->loop, &c->ww);
 	else if (!c->tls_handshake)
 		ev_io_stop(c->loop, &c->ww);
+	/* An emptied buffer is released here too, not only in the write
+	 * callback: a flush from conn_uncork may empty it with no event. */
+	if (c->out.len == 0)
+		buf_shrink(&c->out, 0);
 	return 0;
 }
 
@@ -215,6 +219,8 @@ conn_uncork(struct conn *c)
 	if (c->fd >= 0 && !c->failed && c->out.len > 0 && !c->tls_handshake &&
 	    !c->tls_start)
 		conn_flush(c);
+	else if (c->out.len > 0 && c->fd >= 0 && !c->failed)
+		ev_io_start(c->loop, &c->ww);	/* sent once the handshake is done */
 }
 
 int

@@ -298,7 +298,7 @@ retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 		s->held_status_len = (uint8_t)len;
 	}
 	buf_free(&s->msg);
-	if (want > 0 && buf_reserve(&s->msg, want + 2) == NULL) {
+	if (want > 0 && buf_presize(&s->msg, want + 2) < 0) {
 		s->hold = 0;
 		session_relay(s, line, len);
 		return 0;

@@ -1035,8 +1035,23 @@ session_sasl_turn(struct session *s)
 	return NULL;
 }
 
+static void session_client_input_lines(struct session *);
+
+/*
+ * Commands the client pipelined go upstream in one write: the server's
+ * socket is corked while they are parsed (with TCP_NODELAY, four RETRs were
+ * four segments and four wake-ups of the server).
+ */
 static void
 session_client_input(struct session *s)
+{
+	conn_cork(&s->up);
+	session_client_input_lines(s);
+	conn_uncork(&s->up);
+}
+
+static void
+session_client_input_lines(struct session *s)
 {
 	struct buf *in = &s->client.in;
 
