@@ -141,6 +141,7 @@ print(json.dumps(out))
     assert out["stat"].startswith("+OK 1 "), out
     assert out["quit"].startswith("+OK"), out
     # Only the TLS login reached Dovecot.
+    dovecot.wait_log(r"Login: user=<alice>")   # Dovecot logs a moment later
     assert dovecot.log_text().count("Login: user=<alice>") == 1
 
 

@@ -20,7 +20,12 @@ def check_mailbox(conn, m):
 
 
 def logins(dovecot):
-    return re.findall(r"Login: user=<([^>]*)>, method=(\w+), rip=([^,]+)", dovecot.log_text())
+    """Dovecot's login lines. Its log process writes them a moment after the
+    login, so wait for the first one (a test that expects none checks the
+    log directly)."""
+    pattern = r"Login: user=<([^>]*)>, method=(\w+), rip=([^,]+)"
+    dovecot.wait_log(pattern, 1, timeout=10)
+    return re.findall(pattern, dovecot.log_text())
 
 
 # --------------------------------------------------------------------------

@@ -12,7 +12,9 @@ VERIFIED = "TLS with server 127.0.0.1: TLSv1.[23] .*certificate verified"
 
 
 def tls_logins(dovecot):
-    """(user, over TLS?) for each login in Dovecot's own log."""
+    """(user, over TLS?) for each login in Dovecot's own log (which its log
+    process writes a moment after the login)."""
+    dovecot.wait_log(r"pop3-login: Info: Login: user=<")
     return [(m.group(1), bool(re.search(r", TLS(,|$| )", m.group(0))))
             for m in re.finditer(r"pop3-login: Info: Login: user=<(\w+)>.*", dovecot.log_text())]
 

@@ -35,7 +35,7 @@ def check_both_legs_tls(proxy, dovecot):
     assert "TLS with client: TLSv1." in log, log[-3000:]
     assert "certificate verified" in log and "NOT verified" not in log
     assert PW not in log
-    assert "Login: user=<alice>" in dovecot.log_text()
+    dovecot.wait_log(r"Login: user=<alice>")
 
 
 @pytest.mark.parametrize("client,mode", [
