@@ -223,22 +223,6 @@ conn_uncork(struct conn *c)
 		ev_io_start(c->loop, &c->ww);	/* sent once the handshake is done */
 }
 
-int
-conn_printf(struct conn *c, const char *fmt, ...)
-{
-	char line[1024];
-	va_list ap;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return -1;
-	if ((size_t)n >= sizeof(line))
-		n = sizeof(line) - 1;
-	return conn_write(c, line, (size_t)n);
-}
-
 /* --- TLS handshake ----------------------------------------------------------- */
 
 static void

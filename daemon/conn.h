@@ -62,8 +62,6 @@ int conn_write(struct conn *, const void *p, size_t n);
  * in pieces); uncork sends what gathered. */
 void conn_cork(struct conn *);
 void conn_uncork(struct conn *);
-int conn_printf(struct conn *, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 #define conn_out_pending(c) ((c)->out.len)
 
 /* The owner's wish to read; watchers are rearmed at once. */
