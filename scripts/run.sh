@@ -23,7 +23,7 @@ if [ "$(id -u)" = 0 ]; then
 	# as nobody too, so the proxy can reach its socket.
 	chown nobody "$RUNDIR"
 	set -- "$@" --user nobody
-	AS="runuser -u nobody --"
+	AS="setpriv --reuid=nobody --regid=nogroup --clear-groups"
 fi
 if [ -x bin/pop3filter-ref ]; then
 	SOCK="$RUNDIR/filter.sock"
