@@ -1271,6 +1271,9 @@ session_capa_out(struct session *s)
 
 #define UIDL_MAX_MSGS	1000000
 #define UIDL_MAX_LEN	70	/* RFC 1939: 1 to 70 characters */
+#define UIDL_MAX_GAP	4096	/* numbers past the highest known + this are
+				 * ignored: one line "999999 x" from a hostile
+				 * server must not cost megabytes of table */
 
 /* "n uid": remember uid for message n. Bad lines are ignored. */
 static void
@@ -1284,7 +1287,8 @@ session_uidl_line(struct session *s, const char *p, size_t n)
 	long no = pop3_msgno(p, (size_t)(sp - p));
 	const char *u = sp + 1;
 	size_t ulen = n - (size_t)(u - p);
-	if (no <= 0 || no > UIDL_MAX_MSGS || ulen == 0 || ulen > UIDL_MAX_LEN)
+	if (no <= 0 || no > UIDL_MAX_MSGS || ulen == 0 || ulen > UIDL_MAX_LEN ||
+	    (uint32_t)no > s->uidl_high + UIDL_MAX_GAP)
 		return;
 	for (size_t i = 0; i < ulen; i++)
 		if ((unsigned char)u[i] < 0x21 || (unsigned char)u[i] > 0x7e)
@@ -1302,6 +1306,8 @@ session_uidl_line(struct session *s, const char *p, size_t n)
 	}
 	free(s->uidls[no - 1]);
 	s->uidls[no - 1] = strndup(u, ulen);
+	if ((uint32_t)no > s->uidl_high)
+		s->uidl_high = (uint32_t)no;
 }
 
 /* Body octets of a UIDL listing arrive in runs that may split lines. */
@@ -1340,7 +1346,7 @@ session_uidls_free(struct session *s)
 		free(s->uidls[i]);
 	free(s->uidls);
 	s->uidls = NULL;
-	s->nuidls = 0;
+	s->nuidls = s->uidl_high = 0;
 	buf_free(&s->uidl_line);
 }
 

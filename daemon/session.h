@@ -107,7 +107,8 @@ struct session {
 	unsigned client_eof:1;		/* client half-closed: answer, then end */
 	char *saved_greeting;		/* fixed mode + STLS: relayed after TLS */
 	char **uidls;			/* by message number, when filtering */
-	uint32_t nuidls;
+	uint32_t nuidls;		/* table size */
+	uint32_t uidl_high;		/* highest message number stored */
 	struct buf uidl_line;		/* a UIDL listing line being split */
 	unsigned hold:1;		/* a RETR reply is being held */
 	char *secret;			/* AUTH PLAIN fallback password; wiped */
