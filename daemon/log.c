@@ -13,6 +13,7 @@
 
 static const char *log_ident = "pop3proxyd";
 static int log_syslog;
+static int log_fd = STDERR_FILENO;
 static enum log_level log_level = LOG_LVL_INFO;
 
 static const char *const level_names[] = {
@@ -93,8 +94,14 @@ log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap)
 		line[len - 1] = '\n';
 	}
 	/* Best effort: a full stderr must not stall the event loop forever. */
-	ssize_t w = write(STDERR_FILENO, line, (size_t)len);
+	ssize_t w = write(log_fd, line, (size_t)len);
 	(void)w;
+}
+
+void
+log_set_fd(int fd)
+{
+	log_fd = fd;
 }
 
 void

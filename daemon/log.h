@@ -13,6 +13,9 @@ enum log_level {
 
 /* ident names the program in every line; use_syslog sends lines to syslog. */
 void log_init(const char *ident, int use_syslog, enum log_level level);
+/* Where lines go when not to syslog (default stderr); for an embedder, and
+ * for the session fuzzer, which reads them back to look for secrets. */
+void log_set_fd(int fd);
 int log_level_parse(const char *name, enum log_level *level);
 const char *log_level_name(enum log_level level);
 enum log_level log_get_level(void);

@@ -189,7 +189,7 @@ proxy_refuse(int fd, const char *line)
 	close(fd);
 }
 
-static void
+void
 proxy_accept(void *arg, int fd, const struct sockaddr_storage *peer,
     socklen_t len, int tls)
 {

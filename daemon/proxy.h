@@ -57,6 +57,15 @@ int proxy_run(struct proxy *);
 void proxy_cleanup(struct proxy *, int force);
 void proxy_free(struct proxy *);
 
+/*
+ * Take a connected client socket (arg is the proxy): the listeners call
+ * this for every accepted connection; an embedder with sockets of its own,
+ * or the whole-session fuzzer with socketpairs, calls it the same way.
+ * The proxy owns fd from here on, whether it refuses it or not.
+ */
+void proxy_accept(void *arg, int fd, const struct sockaddr_storage *peer,
+    socklen_t len, int tls);
+
 /* Is ss (with port) one of our own listening addresses? */
 int proxy_is_self(const struct proxy *, const struct sockaddr *ss);
 
