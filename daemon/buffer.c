@@ -5,6 +5,8 @@
 
 #include "buffer.h"
 
+char buf_none[1];
+
 void
 buf_free(struct buf *b)
 {

@@ -12,7 +12,15 @@ struct buf {
 	size_t cap;
 };
 
-#define buf_ptr(b) ((b)->data + (b)->off)
+/* The unread bytes. An empty buffer may have no memory at all: then this is
+ * a static empty array, so that callers may compute p + len and pass p to
+ * memcpy without NULL arithmetic (undefined behaviour, found by fuzzing). */
+extern char buf_none[1];
+static inline char *
+buf_ptr(const struct buf *b)
+{
+	return b->data != NULL ? b->data + b->off : buf_none;
+}
 
 void buf_free(struct buf *);
 /* Space for at least n more bytes at buf_tail(); returns it or NULL on ENOMEM. */
