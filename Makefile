@@ -189,20 +189,26 @@ FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                 -Wall -Wextra -Wno-unused-parameter -Wno-duplicate-decl-specifier \
                 -Idaemon -Iprotocol -Itests/fuzz
-FUZZ_TARGETS := fuzz_cmd fuzz_resp fuzz_route fuzz_codec fuzz_edit
+FUZZ_TARGETS := fuzz_cmd fuzz_resp fuzz_route fuzz_codec fuzz_edit fuzz_session
 FUZZ_BINS    := $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 fuzz_cmd_SRC   := daemon/pop3.c daemon/base64.c
 fuzz_resp_SRC  := daemon/pop3.c
 fuzz_route_SRC := daemon/route.c daemon/policy.c
 fuzz_codec_SRC := protocol/fp.c protocol/fp_edit.c
 fuzz_edit_SRC  := protocol/fp.c protocol/fp_edit.c
+# The whole daemon but main.c; upstream.c and tls.c are #included by the
+# target, which replaces the connect step with socketpairs (the one seam)
+# and builds the OpenSSL contexts once.
+fuzz_session_SRC := $(filter-out daemon/main.c daemon/upstream.c daemon/tls.c,$(wildcard daemon/*.c)) \
+                    protocol/fp.c protocol/fp_edit.c
+fuzz_session_LIBS := -lev -lm
 
 .PHONY: fuzz fuzz-quick fuzz-build fuzz-seeds
 
 define fuzz_bin
-build/fuzz/$(1): tests/fuzz/$(1).c tests/fuzz/fuzz.h $$($(1)_SRC) $$(wildcard daemon/*.h protocol/*.h)
+build/fuzz/$(1): tests/fuzz/$(1).c tests/fuzz/fuzz.h $$($(1)_SRC) $$(wildcard daemon/*.h protocol/*.h) $$(if $$(filter fuzz_session,$(1)),daemon/upstream.c daemon/tls.c)
 	@mkdir -p build/fuzz
-	$$(FUZZ_CC) $$(FUZZ_FLAGS) $$(PKG_CFLAGS) -o $$@ $$< $$($(1)_SRC) $$(PKG_LIBS)
+	$$(FUZZ_CC) $$(FUZZ_FLAGS) $$(PKG_CFLAGS) -o $$@ $$< $$($(1)_SRC) $$($(1)_LIBS) $$(PKG_LIBS)
 endef
 $(foreach t,$(FUZZ_TARGETS),$(eval $(call fuzz_bin,$(t))))
 
@@ -220,6 +226,7 @@ fuzz-seeds:
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -Wno-duplicate-decl-specifier -Iprotocol \
 	    $(PKG_CFLAGS) -o build/fuzz/mkseeds tests/fuzz/mkseeds.c $(fuzz_codec_SRC) $(PKG_LIBS)
 	build/fuzz/mkseeds tests/fuzz/corpus
+	/usr/bin/python3 tests/fuzz/mkseeds_session.py tests/fuzz/corpus/fuzz_session
 # make test-san: the unit and integration tests against the ASan+UBSan build
 # (build/san/); a leak, a memory error or undefined behaviour fails the run:
 # the unit tests by their exit status, the proxy by the sanitizer report the

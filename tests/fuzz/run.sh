@@ -12,9 +12,12 @@ for bin in "$@"; do
 	mkdir -p "$work" "$art"
 	log=build/fuzz/$t.log
 	start=$(date +%s)
+	# A whole session needs room: scripts of several messages.
+	extra=
+	[ "$t" = fuzz_session ] && extra=-max_len=16384
 	# The seeds (tests/fuzz/corpus/$t) run first, so a known crashing
 	# input kept there fails at once: the regression test.
-	"$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+	"$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 $extra \
 	    -print_final_stats=1 -artifact_prefix="$art" \
 	    "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1
 	rc=$?
