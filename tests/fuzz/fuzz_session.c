@@ -91,6 +91,7 @@ struct client {
 	struct session *s;	/* while it lives; only compared, never used
 				 * after the session list lost it */
 	struct lines sent;	/* what the client sent */
+	int dele, quit;		/* DELE and QUIT lines it sent */
 	int secret_tainted;	/* SECRET sent outside a PASS line */
 	char linebuf[AUTH_LINE_MAX + 1];	/* the current client line */
 	size_t linelen;
@@ -100,6 +101,7 @@ struct client {
 	int ufd;
 	struct lines up;	/* what reached the upstream, this connection */
 	int up_dele;		/* DELE lines seen on this connection */
+	int up_dele_all;	/* on all of this client's connections */
 	int up_stls;		/* STLS sent: binary from here on */
 	int refuse_next;
 };
@@ -120,6 +122,7 @@ static struct {
 	int opening;			/* client_open() in progress: its index */
 	int client_dele, client_quit;	/* lines sent, all clients */
 	int up_dele_total;
+	size_t big_total;		/* octets of op 2, this input */
 	/* For FUZZ_SESSION_VERBOSE: how deep an input got. */
 	size_t client_got, up_got;
 	int requests, verdicts, up_lines;
@@ -218,7 +221,7 @@ upstream_start(struct upstream_connect *uc, struct proxy *px, const char *sid,
 			close(H.c[i].ufd);
 		H.c[i].ufd = sv[1];
 		memset(&H.c[i].up, 0, sizeof(H.c[i].up));
-		H.c[i].up_dele = H.c[i].up_stls = 0;
+		H.c[i].up_dele = H.c[i].up_stls = 0;	/* up_dele_all stays */
 		H.pend_fd[i] = sv[0];
 	}
 	ev_idle_start(H.loop, &H.connect_w);
@@ -299,11 +302,14 @@ client_line_done(void *arg, struct lines *l)
 {
 	struct client *c = arg;
 
-	if (head_is(l, "DELE"))
+	if (head_is(l, "DELE")) {
+		c->dele++;
 		H.client_dele++;
-	if (head_is(l, "QUIT"))
+	}
+	if (head_is(l, "QUIT")) {
+		c->quit++;
 		H.client_quit++;
-	(void)c;
+	}
 }
 
 /* The password check needs the whole line: PASS lines may carry SECRET,
@@ -356,13 +362,14 @@ up_line_done(void *arg, struct lines *l)
 	FUZZ_CHECK(l->len <= AUTH_LINE_MAX);
 	if (head_is(l, "DELE")) {
 		c->up_dele++;
+		c->up_dele_all++;
 		H.up_dele_total++;
-		/* Every DELE upstream is one the client sent. */
-		FUZZ_CHECK(H.up_dele_total <= H.client_dele);
+		/* Every DELE on this client's server is one it sent. */
+		FUZZ_CHECK(c->up_dele_all <= c->dele);
 	}
-	/* A QUIT commits deletions: only the client may ask for it. */
+	/* A QUIT commits deletions: only this client may ask for it. */
 	if (head_is(l, "QUIT") && c->up_dele > 0)
-		FUZZ_CHECK(H.client_quit > 0);
+		FUZZ_CHECK(c->quit > 0);
 	if (head_is(l, "STLS"))
 		c->up_stls = 1;
 }
@@ -799,6 +806,10 @@ run_script(struct in *in)
 				H.upstream_tainted = 1;
 			if (n * count > (4u << 20))	/* at most 4 MiB */
 				count = (4u << 20) / n;
+			/* and 16 MiB per input, to stay well inside -timeout */
+			if (H.big_total + n * count > (16u << 20))
+				break;
+			H.big_total += n * count;
 			char *big = malloc(n * count + 1);
 			for (size_t i = 0; i < count; i++)
 				memcpy(big + i * n, p, n);
@@ -981,7 +992,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	H.fd_base = dup(0);
 	close(H.fd_base);
 	H.client_dele = H.client_quit = H.up_dele_total = 0;
-	H.client_got = H.up_got = 0;
+	H.client_got = H.up_got = H.big_total = 0;
 	H.requests = H.verdicts = H.up_lines = 0;
 	H.nreqs = 0;
 	H.pend[0] = H.pend[1] = NULL;
