@@ -7,7 +7,7 @@
  * seam), and a fake filter on a UNIX socket that answers the handshake
  * itself and whatever the script says to each request.
  *
- * Input: one octet of configuration, then operations:
+ * Input: two octets of configuration (config_for()), then operations:
  *
  *   op = octet & 0x0f, who = (octet >> 4) & 1 (client 0 or 1), x = octet >> 5
  *   0  client sends n octets, n = next octet + 256 * x
@@ -18,7 +18,8 @@
  *   4  x: 0 client SHUT_WR, 1 client close, 2 upstream SHUT_WR, 3 upstream
  *      close, 4 filter close, 5 refuse the next upstream connection,
  *      6 stop reading the client's output, 7 read it again
- *   5  a session timer fires (x: 0 idle, 1 upstream, 2 linger), if armed
+ *   5  time passes (x: 50 ms, 0.3, 1.1, 5, 31, 121, 601 or 3601 s), so
+ *      that every timer of the daemon fires when it is due
  *   6  client 1 connects
  *   7  graceful shutdown (cleanup(0)), as SIGTERM
  *   other: the event loop just runs
@@ -34,6 +35,7 @@
  *   budget waiter, and not one file descriptor more than before.
  */
 #include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -41,9 +43,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <ev.h>
@@ -113,11 +118,11 @@ static struct {
 	char fspec[120];		/* "unix:" fpath, for --filter */
 	int logfd;
 	int fd_base;
-	struct config cfgs[256];
-	unsigned char cfg_ready[256];
+	struct config *cfgs[65536];	/* by configuration, parsed once */
+	char qdir[64];			/* --quarantine, emptied per input */
 
 	struct proxy *px;
-	unsigned char conf;
+	unsigned char conf, conf2;
 	struct client c[2];
 	int opening;			/* client_open() in progress: its index */
 	int client_dele, client_quit;	/* lines sent, all clients */
@@ -141,6 +146,35 @@ static struct {
 	uint64_t reqs[MAX_REQS];
 	int nreqs;
 } H;
+
+/* --- time travel -------------------------------------------------------------
+ * libev reads CLOCK_MONOTONIC through glibc's clock_gettime(); this
+ * definition (it overrides the sanitizers' weak interceptor) adds a skew the
+ * script moves forward, so every timer of the daemon (idle, upstream,
+ * linger, filter deadlines, hello watchdog, reconnect backoff, ping, pong,
+ * breaker, grace) fires in its order without anyone sleeping. The skew only
+ * grows: monotonic time never goes back. CLOCK_REALTIME is left alone:
+ * libFuzzer measures its timeouts with it. */
+static int64_t skew_ns;
+
+int
+clock_gettime(clockid_t id, struct timespec *ts)
+{
+	static int (*real)(clockid_t, struct timespec *);
+
+	if (real == NULL)
+		real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT,
+		    "clock_gettime");
+	int r = real(id, ts);
+	if (r == 0 && skew_ns != 0 && (id == CLOCK_MONOTONIC ||
+	    id == CLOCK_MONOTONIC_COARSE || id == CLOCK_MONOTONIC_RAW ||
+	    id == CLOCK_BOOTTIME)) {
+		int64_t ns = (int64_t)ts->tv_nsec + skew_ns % 1000000000;
+		ts->tv_sec += skew_ns / 1000000000 + ns / 1000000000;
+		ts->tv_nsec = ns % 1000000000;
+	}
+	return r;
+}
 
 /* --- the seam: upstream_start / upstream_abort --------------------------- */
 
@@ -420,7 +454,9 @@ filter_msg(const struct fp_msg *m)
 			.version = fp_version_choose(&m->hello),
 			.filter = FP_STR("fuzz"),
 			.commands = FP_CAP_RETR | (H.conf & 0x80 ? FP_CAP_TOP : 0),
-			.actions = FP_CAPS_ACTIONS,
+			.actions = H.conf2 & 0x80 ? FP_CAP_EDIT_HEADERS :
+			    FP_CAPS_ACTIONS,
+			.max_message_size = H.conf2 & 0x40 ? 1000 : 0,
 			.max_frame = FP_DEFAULT_MAX_FRAME,
 			.max_inflight = H.conf & 0x80 ? 1 : 8,
 		};
@@ -747,28 +783,6 @@ filter_op(struct in *in)
 }
 
 static void
-fire_timer(struct client *c, int which)
-{
-	struct session *s;
-
-	/* Only a live session that is still the client's. */
-	for (s = H.px->sessions; s != NULL && s != c->s; s = s->next)
-		;
-	if (s == NULL)
-		return;
-	ev_timer *w = which == 0 ? &s->idle : which == 1 ? &s->uptimer :
-	    &s->linger;
-	if (!ev_is_active(w))
-		return;
-	/* As the loop does: a one-shot timer stops, a repeating one rearms. */
-	if (w->repeat == 0)
-		ev_timer_stop(H.loop, w);
-	else
-		ev_timer_again(H.loop, w);
-	ev_feed_event(H.loop, w, EV_TIMER);
-}
-
-static void
 run_script(struct in *in)
 {
 	uint8_t o;
@@ -838,9 +852,14 @@ run_script(struct in *in)
 			default: c->read_off = 0; break;
 			}
 			break;
-		case 5:
-			fire_timer(c, x % 3);
+		case 5: {
+			/* Time passes: 50 ms to an hour, past each of the
+			 * daemon's timeouts in turn. */
+			static const int64_t ms[8] = { 50, 300, 1100, 5000,
+			    31000, 121000, 601000, 3601000 };
+			skew_ns += ms[x] * 1000000;
 			break;
+		}
 		case 6:
 			client_open(who);
 			break;
@@ -857,14 +876,14 @@ run_script(struct in *in)
 /* --- set-up ------------------------------------------------------------------ */
 
 static struct config *
-config_for(unsigned char conf)
+config_for(unsigned char conf, unsigned char conf2)
 {
-	struct config *cfg = &H.cfgs[conf];
-	char *argv[32];
+	struct config **slot = &H.cfgs[conf | conf2 << 8];
+	char *argv[40];
 	int argc = 0;
 
-	if (H.cfg_ready[conf])
-		return cfg;
+	if (*slot != NULL)
+		return *slot;
 	argv[argc++] = "pop3proxyd";
 	if (conf & 0x01) {
 		argv[argc++] = "--upstream";
@@ -880,9 +899,23 @@ config_for(unsigned char conf)
 	argv[argc++] = "--on-filter-failure";
 	argv[argc++] = conf & 0x04 ? "tempfail" : "accept";
 	argv[argc++] = "--upstream-tls";
-	argv[argc++] = conf & 0x08 ? "auto" : "none";
+	argv[argc++] = conf2 & 0x20 ? "stls" : conf & 0x08 ? "auto" : "none";
 	if (!(conf & 0x08))
 		argv[argc++] = "--allow-plaintext-upstream";
+	if (conf2 & 0x01) {
+		argv[argc++] = "--quarantine";
+		argv[argc++] = H.qdir;
+	}
+	if (conf2 & 0x04) {
+		argv[argc++] = "--filter-timeout";
+		argv[argc++] = "2";
+	}
+	if (conf2 & 0x08) {
+		argv[argc++] = "--max-sessions-per-ip";
+		argv[argc++] = "1";
+	}
+	if (conf2 & 0x10)
+		argv[argc++] = "--no-unfiltered-header";
 	if (conf & 0x10) {
 		argv[argc++] = "--max-size";
 		argv[argc++] = "4096";
@@ -896,11 +929,11 @@ config_for(unsigned char conf)
 	argv[argc++] = "--log-level";
 	argv[argc++] = "debug";
 	argv[argc] = NULL;
-	if (config_parse(cfg, argc, argv) != 0)
+	struct config *cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL || config_parse(cfg, argc, argv) != 0)
 		abort();
 	cfg->nlisten = 0;	/* clients come through proxy_accept() */
-	H.cfg_ready[conf] = 1;
-	return cfg;
+	return *slot = cfg;
 }
 
 static void
@@ -914,6 +947,9 @@ setup_once(void)
 	snprintf(H.fpath, sizeof(H.fpath), "/tmp/fuzz_session.%d.sock",
 	    (int)getpid());
 	snprintf(H.fspec, sizeof(H.fspec), "unix:%s", H.fpath);
+	snprintf(H.qdir, sizeof(H.qdir), "/tmp/fuzz_session.%d.q", (int)getpid());
+	if (mkdir(H.qdir, 0700) < 0 && errno != EEXIST)
+		abort();
 	unlink(H.fpath);
 	memcpy(sun.sun_path, H.fpath, strlen(H.fpath) + 1);
 	H.flisten = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -929,10 +965,35 @@ setup_once(void)
 	H.ffd = -1;
 }
 
+/* Rejected originals the proxy kept: checked, then removed. */
+static void
+quarantine_empty(int keep_check)
+{
+	DIR *d = opendir(H.qdir);
+	struct dirent *e;
+	char path[400];
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", H.qdir, e->d_name);
+		/* Only whole files: a temporary name left means a write
+		 * was abandoned half way. */
+		if (keep_check)
+			FUZZ_CHECK(strncmp(e->d_name, ".tmp.", 5) != 0);
+		unlink(path);
+	}
+	closedir(d);
+}
+
 static void
 cleanup_path(void)
 {
 	unlink(H.fpath);
+	quarantine_empty(0);
+	rmdir(H.qdir);
 }
 
 /* What is open beyond the baseline, for the report of a leak. */
@@ -983,7 +1044,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		atexit(cleanup_path);
 		ready = 1;
 	}
-	if (get(&in, &H.conf) < 0)
+	if (get(&in, &H.conf) < 0 || get(&in, &H.conf2) < 0)
 		return 0;
 	H.upstream_tainted = 0;
 	H.opening = -1;
@@ -1000,7 +1061,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(H.c, 0, sizeof(H.c));
 	H.c[0].fd = H.c[1].fd = H.c[0].ufd = H.c[1].ufd = -1;
 
-	H.px = proxy_new(H.loop, config_for(H.conf));
+	H.px = proxy_new(H.loop, config_for(H.conf, H.conf2));
 	FUZZ_CHECK(H.px != NULL);
 	if (H.conf & 0x02) {
 		H.px->filters = filter_chain_new(H.px);
@@ -1039,6 +1100,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		close(fd);
 	ev_idle_stop(H.loop, &H.connect_w);
 	check_log();
+	quarantine_empty(1);
 	if (getenv("FUZZ_SESSION_VERBOSE") != NULL)
 		fprintf(stderr, "fuzz_session: conf 0x%02x: client got %zu octets, "
 		    "upstream got %zu in %d lines (DELE %d of %d, client QUIT %d), "

@@ -4,9 +4,12 @@ fuzz-seeds): whole sessions in the script language of fuzz_session.c."""
 import os
 import sys
 
-# Configuration octet (see config_for() in fuzz_session.c).
+# Configuration octets (see config_for() in fuzz_session.c): the first,
 FIXED, FILTER, TEMPFAIL, TLS_AUTO, MAXSIZE, BUDGET, LOOPBACK, TOP_W1 = \
     1, 2, 4, 8, 16, 32, 64, 128
+# and the second, shifted by 8 here.
+QUAR, FTIMEOUT2, PERIP1, NOMARK, STLS_REQ, FSIZE1000, EDITS_ONLY = \
+    1 << 8, 4 << 8, 8 << 8, 16 << 8, 32 << 8, 64 << 8, 128 << 8
 
 
 def data(op, who, b):
@@ -39,8 +42,8 @@ def X(x, who=0):            # closes, refusals, backpressure
     return bytes([4 | who << 4 | x << 5])
 
 
-def T(x, who=0):            # a session timer fires
-    return bytes([5 | who << 4 | x << 5])
+def T(x):                   # time passes: 50 ms, 0.3, 1.1, 5, 31, 121, 601,
+    return bytes([5 | x << 5])  # 3601 s
 
 
 def OPEN1():
@@ -115,7 +118,35 @@ SEEDS = {
         U(b"+OK deleted\r\n")]),
     "upstream-dies-mid-retr": (FILTER | LOOPBACK, login() + [
         C(b"RETR 1\r\n"), U(b"+OK\r\nFrom: a\r\n\r\nhalf"), X(3)]),
-    "timeouts": (LOOPBACK, login() + [C(b"RETR 1\r\n"), T(1), T(0)]),
+    "upstream-timeout": (LOOPBACK, login() + [C(b"RETR 1\r\n"), T(5)]),
+    "idle-timeout": (LOOPBACK, login() + [T(6)]),
+    "filter-deadline-accept": (FILTER | LOOPBACK | FTIMEOUT2, login() + [
+        C(b"RETR 1\r\n"), U(RETR_REPLY), T(2), T(1), T(3)]),
+    "filter-deadline-tempfail-ping": (FILTER | TEMPFAIL | LOOPBACK, login() + [
+        C(b"RETR 1\r\n"), U(RETR_REPLY), T(4), T(4), C(b"NOOP\r\n"),
+        U(b"+OK\r\n")]),
+    "budget-wait-and-resume": (FILTER | BUDGET | LOOPBACK, login() + [OPEN1()]
+        + login(1) + [C(b"RETR 1\r\n"), C(b"RETR 1\r\n", 1),
+        U(b"+OK 36000 octets\r\n"), BIG(b"x" * 58 + b"\r\n", 600), U(b".\r\n"),
+        U(b"+OK 36000 octets\r\n", 1), BIG(b"y" * 58 + b"\r\n", 600, 1),
+        U(b".\r\n", 1), X(6), F(0), X(7), F(0)]),
+    "budget-too-big": (FILTER | BUDGET | LOOPBACK, login() + [
+        C(b"RETR 1\r\n"), U(b"+OK 90000 octets\r\n"),
+        BIG(b"q" * 58 + b"\r\n", 1500), U(b".\r\n")]),
+    "quarantine-reject": (FILTER | LOOPBACK | QUAR, login() + [
+        C(b"RETR 1\r\nRETR 2\r\n"), U(RETR_REPLY), U(RETR_REPLY),
+        F(3, 0, b"\x01" + S(b"we kept it")), F(3, 0, b"\x04" + S(b"spam"))]),
+    "not-granted-size-skip": (FILTER | LOOPBACK | EDITS_ONLY | FSIZE1000, login() + [
+        C(b"RETR 1\r\nRETR 2\r\n"), U(RETR_REPLY),
+        U(b"+OK 2000 octets\r\n"), BIG(b"s" * 18 + b"\r\n", 100), U(b".\r\n"),
+        F(3, 0, b"\x00"), F(2, 0, b"\x00\x05X: y\r\n")]),
+    "stls-required-per-ip": (LOOPBACK | STLS_REQ | PERIP1, [
+        C(b"USER alice%pop.example.com\r\n"), U(b"+OK ready\r\n"),
+        U(b"+OK\r\nUSER\r\n.\r\n"), OPEN1(), C(b"CAPA\r\n", 1)]),
+    "stalled-client-serving": (FILTER | LOOPBACK | NOMARK, login() + [
+        C(b"RETR 1\r\n"), U(b"+OK 240000 octets\r\n"),
+        BIG(b"w" * 78 + b"\r\n", 3000), U(b".\r\n"), X(6), F(0), T(0),
+        X(7), C(b"QUIT\r\n"), U(b"+OK\r\n")]),
     "hostile-client": (FILTER | LOOPBACK, [
         C(b"USER a%b\x00c\r\n" + b"A" * 300 + b"\r\nPASS x\rDELE 1\r\n"),
         C(b"USER %n%s%x%p\r\n"), C(b"AUTH PLAIN !!!\r\n"),
@@ -132,7 +163,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     for name, (conf, ops) in SEEDS.items():
         with open(os.path.join(out, name), "wb") as f:
-            f.write(bytes([conf]) + b"".join(ops))
+            f.write(bytes([conf & 255, conf >> 8]) + b"".join(ops))
 
 
 if __name__ == "__main__":
