@@ -1408,6 +1408,37 @@ fail:
 
 static const uint32_t versions[] = { FP_VERSION };
 
+static unsigned
+jq_count(const struct jq *q)
+{
+	unsigned n = 0;
+
+	for (const struct filter_job *j = q->head; j != NULL; j = j->qnext)
+		n++;
+	return n;
+}
+
+void
+filter_chain_status(const struct filter_chain *fc, char *out, size_t len)
+{
+	static const char *const names[] = { "down", "connecting", "handshake",
+	    "ready" };
+	size_t n = 0;
+
+	out[0] = '\0';
+	for (int i = 0; fc != NULL && i < fc->n && n < len; i++) {
+		const struct filter *f = fc->f[i];
+		int k = snprintf(out + n, len - n, "%s%s: %s%s%s, %u in flight, "
+		    "%u queued", i ? "; " : "", f->label, names[f->state],
+		    f->breaker ? " (circuit open)" : "",
+		    f->draining ? " (draining)" : "", f->ninflight,
+		    jq_count(&f->fifo));
+		if (k < 0)
+			break;
+		n += (size_t)k;
+	}
+}
+
 int
 filter_chain_wants_top(const struct filter_chain *fc)
 {

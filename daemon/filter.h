@@ -55,6 +55,9 @@ struct filter_job *filter_submit(struct filter_chain *,
     const struct filter_facts *, struct buf *msg, filter_done_cb, void *arg);
 void filter_cancel(struct filter_job *);
 
+/* "label: ready, 2 in flight, 0 queued; ..." for the status line. */
+void filter_chain_status(const struct filter_chain *, char *out, size_t len);
+
 /* Has any filter of the chain asked for TOP replies? (Otherwise TOP is
  * relayed unfiltered, without being held.) */
 int filter_chain_wants_top(const struct filter_chain *);

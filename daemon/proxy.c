@@ -227,6 +227,7 @@ proxy_accept(void *arg, int fd, const struct sockaddr_storage *peer,
 	}
 	list_push(&px->sessions, s);
 	px->nsessions++;
+	px->accepted++;
 	if (ipc_add(px->per_ip, peer, 1) >= 0)
 		s->counted_ip = 1;
 	session_start(s);
@@ -363,6 +364,24 @@ proxy_cleanup(struct proxy *px, int force)
 		ev_break(px->loop, EVBREAK_ALL);
 }
 
+void
+proxy_status(struct proxy *px)
+{
+	char filters[1024];
+	int waiting = 0;
+
+	for (const struct session *s = px->bw_head; s != NULL; s = s->bw_next)
+		waiting++;
+	filter_chain_status(px->filters, filters, sizeof(filters));
+	log_notice(NULL, "status: %d sessions (%llu since start), %llu octets "
+	    "held of %llu, %d waiting for budget%s%s%s%s",
+	    px->nsessions, (unsigned long long)px->accepted,
+	    (unsigned long long)px->held_bytes,
+	    (unsigned long long)px->cfg->buffer_budget, waiting,
+	    px->stopping ? ", shutting down" : "",
+	    filters[0] ? ", filters: [" : "", filters, filters[0] ? "]" : "");
+}
+
 static void
 proxy_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -373,6 +392,10 @@ proxy_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 			log_notice(NULL, "SIGHUP: no certificate to reload");
 		else
 			tls_reload(&px->tls, px->cfg);
+		return;
+	}
+	if (w->signum == SIGUSR1) {
+		proxy_status(px);
 		return;
 	}
 	log_notice(NULL, "%s received", w->signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -418,15 +441,17 @@ proxy_new(struct ev_loop *loop, const struct config *cfg)
 	ev_signal_init(&px->sigterm, proxy_signal_cb, SIGTERM);
 	ev_signal_init(&px->sigint, proxy_signal_cb, SIGINT);
 	ev_signal_init(&px->sighup, proxy_signal_cb, SIGHUP);
+	ev_signal_init(&px->sigusr1, proxy_signal_cb, SIGUSR1);
 	px->reaper.data = px->grace_timer.data = px;
 	px->sigterm.data = px->sigint.data = px->sighup.data = px;
+	px->sigusr1.data = px;
 	ev_signal_start(loop, &px->sigterm);
 	ev_signal_start(loop, &px->sigint);
 	ev_signal_start(loop, &px->sighup);
+	ev_signal_start(loop, &px->sigusr1);
 	/* The signal watchers must not keep an idle loop alive. */
-	ev_unref(loop);
-	ev_unref(loop);
-	ev_unref(loop);
+	for (int i = 0; i < 4; i++)
+		ev_unref(loop);
 	return px;
 fail:
 	proxy_free(px);
@@ -460,12 +485,12 @@ proxy_free(struct proxy *px)
 	for (int i = 0; i < px->nlisteners; i++)
 		listener_free(px->listeners[i]);
 	if (ev_is_active(&px->sigterm)) {
-		ev_ref(px->loop);
-		ev_ref(px->loop);
-		ev_ref(px->loop);
+		for (int i = 0; i < 4; i++)
+			ev_ref(px->loop);
 		ev_signal_stop(px->loop, &px->sigterm);
 		ev_signal_stop(px->loop, &px->sigint);
 		ev_signal_stop(px->loop, &px->sighup);
+		ev_signal_stop(px->loop, &px->sigusr1);
 	}
 	ev_timer_stop(px->loop, &px->grace_timer);
 	retr_proxy_free(px);

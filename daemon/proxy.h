@@ -32,10 +32,11 @@ struct proxy {
 	ev_prepare reaper;
 	struct ipcount *per_ip;
 
-	ev_signal sigterm, sigint, sighup;
+	ev_signal sigterm, sigint, sighup, sigusr1;
 	ev_timer grace_timer;
 	int stopping;			/* 0 running, 1 graceful, 2 forced */
 	uint64_t sid_counter;
+	uint64_t accepted;		/* sessions since start */
 	uint64_t held_bytes;		/* messages held for filters, all sessions */
 	struct session *bw_head, *bw_tail;	/* waiting for budget, FIFO */
 	ev_idle budget_wake;		/* resumes them when room is freed */
@@ -56,6 +57,9 @@ int proxy_run(struct proxy *);
  */
 void proxy_cleanup(struct proxy *, int force);
 void proxy_free(struct proxy *);
+/* Log one status line (SIGUSR1): sessions, held bytes, budget waiters,
+ * the state of each filter. */
+void proxy_status(struct proxy *);
 
 /*
  * Take a connected client socket (arg is the proxy): the listeners call
