@@ -21,7 +21,8 @@
  *   5  time passes (x: 50 ms, 0.3, 1.1, 5, 31, 121, 601 or 3601 s), so
  *      that every timer of the daemon fires when it is due
  *   6  client 1 connects
- *   7  graceful shutdown (cleanup(0)), as SIGTERM
+ *   7  x odd: the status line (SIGUSR1); x even: graceful shutdown
+ *      (cleanup(0), as SIGTERM)
  *   other: the event loop just runs
  *
  * Beyond "no crash, no leak, no undefined behaviour", each input checks:
@@ -864,7 +865,10 @@ run_script(struct in *in)
 			client_open(who);
 			break;
 		case 7:
-			proxy_cleanup(H.px, 0);
+			if (x & 1)
+				proxy_status(H.px);	/* as SIGUSR1 */
+			else
+				proxy_cleanup(H.px, 0);	/* as SIGTERM */
 			break;
 		default:
 			break;

@@ -51,6 +51,7 @@ def OPEN1():
 
 
 SHUTDOWN = bytes([7])
+STATUS = bytes([7 | 1 << 5])   # the SIGUSR1 status line
 
 MSG = (b"From: a@example.org\r\nSubject: hi\r\n\r\n"
        b"..leading dot\r\nbody\r\n")
@@ -123,13 +124,13 @@ SEEDS = {
     "filter-deadline-accept": (FILTER | LOOPBACK | FTIMEOUT2, login() + [
         C(b"RETR 1\r\n"), U(RETR_REPLY), T(2), T(1), T(3)]),
     "filter-deadline-tempfail-ping": (FILTER | TEMPFAIL | LOOPBACK, login() + [
-        C(b"RETR 1\r\n"), U(RETR_REPLY), T(4), T(4), C(b"NOOP\r\n"),
+        C(b"RETR 1\r\n"), U(RETR_REPLY), STATUS, T(4), STATUS, T(4), C(b"NOOP\r\n"),
         U(b"+OK\r\n")]),
     "budget-wait-and-resume": (FILTER | BUDGET | LOOPBACK, login() + [OPEN1()]
         + login(1) + [C(b"RETR 1\r\n"), C(b"RETR 1\r\n", 1),
         U(b"+OK 36000 octets\r\n"), BIG(b"x" * 58 + b"\r\n", 600), U(b".\r\n"),
         U(b"+OK 36000 octets\r\n", 1), BIG(b"y" * 58 + b"\r\n", 600, 1),
-        U(b".\r\n", 1), X(6), F(0), X(7), F(0)]),
+        U(b".\r\n", 1), STATUS, X(6), F(0), STATUS, X(7), F(0)]),
     "budget-too-big": (FILTER | BUDGET | LOOPBACK, login() + [
         C(b"RETR 1\r\n"), U(b"+OK 90000 octets\r\n"),
         BIG(b"q" * 58 + b"\r\n", 1500), U(b".\r\n")]),
