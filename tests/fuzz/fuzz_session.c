@@ -20,7 +20,8 @@
  *      6 stop reading the client's output, 7 read it again
  *   5  time passes (x: 50 ms, 0.3, 1.1, 5, 31, 121, 601 or 3601 s), so
  *      that every timer of the daemon fires when it is due
- *   6  client 1 connects
+ *   6  client `who` connects if it is not connected (x odd: with implicit
+ *      TLS, when a certificate is configured)
  *   7  x odd: the status line (SIGUSR1); x even: graceful shutdown
  *      (cleanup(0), as SIGTERM)
  *   other: the event loop just runs
@@ -121,6 +122,7 @@ static struct {
 	int fd_base;
 	struct config *cfgs[65536];	/* by configuration, parsed once */
 	char qdir[64];			/* --quarantine, emptied per input */
+	char tdir[64], cert[96], key[96];	/* --tls-cert, --tls-key */
 
 	struct proxy *px;
 	unsigned char conf, conf2;
@@ -280,18 +282,52 @@ upstream_abort(struct upstream_connect *uc)
 int
 tls_init(struct tls *t, const struct config *cfg)
 {
-	static struct tls cache;
-	static int have;
+	static struct tls cache[2];	/* without, with a certificate */
+	static int have[2];
+	int k = cfg->tls_cert != NULL;
 
-	if (!have) {
-		if (real_tls_init(&cache, cfg) < 0)
+	if (!have[k]) {
+		if (real_tls_init(&cache[k], cfg) < 0)
 			return -1;
-		have = 1;
+		have[k] = 1;
 	}
-	*t = cache;
+	*t = cache[k];
 	SSL_CTX_up_ref(t->up);
 	SSL_CTX_up_ref(t->up_insecure);
+	if (t->down != NULL)
+		SSL_CTX_up_ref(t->down);
 	return 0;
+}
+
+/* A throw-away self-signed certificate (P-256) for the client side's STLS
+ * and implicit TLS: no key is kept in the repository. */
+static void
+make_cert(const char *certpath, const char *keypath)
+{
+	EVP_PKEY *key = EVP_EC_gen("P-256");
+	X509 *x = X509_new();
+	FILE *f;
+
+	if (key == NULL || x == NULL)
+		abort();
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	X509_gmtime_adj(X509_getm_notBefore(x), 0);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
+	X509_set_pubkey(x, key);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+	    (const unsigned char *)"fuzz.invalid", -1, -1, 0);
+	X509_set_issuer_name(x, X509_get_subject_name(x));
+	if (X509_sign(x, key, EVP_sha256()) == 0)
+		abort();
+	if ((f = fopen(certpath, "w")) == NULL || !PEM_write_X509(f, x))
+		abort();
+	fclose(f);
+	if ((f = fopen(keypath, "w")) == NULL ||
+	    !PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL))
+		abort();
+	fclose(f);
+	X509_free(x);
+	EVP_PKEY_free(key);
 }
 
 /* --- checks on the streams ------------------------------------------------ */
@@ -642,7 +678,7 @@ take_str(struct in *in)
 }
 
 static void
-client_open(int i)
+client_open(int i, int tls)
 {
 	struct client *c = &H.c[i];
 	struct sockaddr_storage ss = { 0 };
@@ -663,7 +699,10 @@ client_open(int i)
 	sin->sin_addr.s_addr = htonl(H.conf & 0x40 ? 0x7f000001 : 0xc6336401);
 	int before = H.px->nsessions;
 	H.opening = i;
-	proxy_accept(H.px, sv[0], &ss, sizeof(*sin), 0);
+	/* Implicit TLS (POP3S) only where a certificate is configured, as
+	 * config_parse() insists for --listen-tls. */
+	proxy_accept(H.px, sv[0], &ss, sizeof(*sin),
+	    tls && H.px->cfg->tls_cert != NULL);
 	H.opening = -1;
 	/* The newest session is at the head of the proxy's list. */
 	if (H.px->nsessions > before)
@@ -862,7 +901,7 @@ run_script(struct in *in)
 			break;
 		}
 		case 6:
-			client_open(who);
+			client_open(who, x & 1);
 			break;
 		case 7:
 			if (x & 1)
@@ -906,6 +945,12 @@ config_for(unsigned char conf, unsigned char conf2)
 	argv[argc++] = conf2 & 0x20 ? "stls" : conf & 0x08 ? "auto" : "none";
 	if (!(conf & 0x08))
 		argv[argc++] = "--allow-plaintext-upstream";
+	if (conf2 & 0x02) {
+		argv[argc++] = "--tls-cert";
+		argv[argc++] = H.cert;
+		argv[argc++] = "--tls-key";
+		argv[argc++] = H.key;
+	}
 	if (conf2 & 0x01) {
 		argv[argc++] = "--quarantine";
 		argv[argc++] = H.qdir;
@@ -940,6 +985,46 @@ config_for(unsigned char conf, unsigned char conf2)
 	return *slot = cfg;
 }
 
+/* /tmp/fuzz_session.PID of processes that are gone (a crash skips atexit). */
+static void
+stale_dirs_remove(void)
+{
+	static const char *const names[] = { "filter.sock", "cert.pem", "key.pem" };
+	DIR *d = opendir("/tmp"), *q;
+	struct dirent *e, *f;
+	char dir[300], path[600];
+	int pid;
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		const char *digits = e->d_name + strlen("fuzz_session.");
+		if (strncmp(e->d_name, "fuzz_session.", 13) != 0 || *digits == '\0' ||
+		    strspn(digits, "0123456789") != strlen(digits))
+			continue;
+		pid = atoi(digits);
+		if (pid <= 0 || kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		snprintf(dir, sizeof(dir), "/tmp/%s", e->d_name);
+		for (size_t i = 0; i < 3; i++) {
+			snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+			unlink(path);
+		}
+		snprintf(dir, sizeof(dir), "/tmp/%s/q", e->d_name);
+		if ((q = opendir(dir)) != NULL) {
+			while ((f = readdir(q)) != NULL) {
+				snprintf(path, sizeof(path), "%s/%s", dir, f->d_name);
+				unlink(path);
+			}
+			closedir(q);
+		}
+		rmdir(dir);
+		snprintf(dir, sizeof(dir), "/tmp/%s", e->d_name);
+		rmdir(dir);
+	}
+	closedir(d);
+}
+
 static void
 setup_once(void)
 {
@@ -948,12 +1033,20 @@ setup_once(void)
 	signal(SIGPIPE, SIG_IGN);
 	H.loop = ev_default_loop(EVFLAG_AUTO);
 	ev_idle_init(&H.connect_w, connect_cb);
-	snprintf(H.fpath, sizeof(H.fpath), "/tmp/fuzz_session.%d.sock",
-	    (int)getpid());
+	/* Everything of this process under one directory; what crashed
+	 * processes left behind goes first. */
+	stale_dirs_remove();
+	snprintf(H.tdir, sizeof(H.tdir), "/tmp/fuzz_session.%d", (int)getpid());
+	if (mkdir(H.tdir, 0700) < 0 && errno != EEXIST)
+		abort();
+	snprintf(H.fpath, sizeof(H.fpath), "%s/filter.sock", H.tdir);
 	snprintf(H.fspec, sizeof(H.fspec), "unix:%s", H.fpath);
-	snprintf(H.qdir, sizeof(H.qdir), "/tmp/fuzz_session.%d.q", (int)getpid());
+	snprintf(H.qdir, sizeof(H.qdir), "%s/q", H.tdir);
 	if (mkdir(H.qdir, 0700) < 0 && errno != EEXIST)
 		abort();
+	snprintf(H.cert, sizeof(H.cert), "%s/cert.pem", H.tdir);
+	snprintf(H.key, sizeof(H.key), "%s/key.pem", H.tdir);
+	make_cert(H.cert, H.key);
 	unlink(H.fpath);
 	memcpy(sun.sun_path, H.fpath, strlen(H.fpath) + 1);
 	H.flisten = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -998,6 +1091,9 @@ cleanup_path(void)
 	unlink(H.fpath);
 	quarantine_empty(0);
 	rmdir(H.qdir);
+	unlink(H.cert);
+	unlink(H.key);
+	rmdir(H.tdir);
 }
 
 /* What is open beyond the baseline, for the report of a leak. */
@@ -1072,7 +1168,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(H.px->filters != NULL);
 	}
 	pump();
-	client_open(0);
+	client_open(0, 0);
 	pump();
 	run_script(&in);
 

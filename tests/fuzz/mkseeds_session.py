@@ -8,8 +8,8 @@ import sys
 FIXED, FILTER, TEMPFAIL, TLS_AUTO, MAXSIZE, BUDGET, LOOPBACK, TOP_W1 = \
     1, 2, 4, 8, 16, 32, 64, 128
 # and the second, shifted by 8 here.
-QUAR, FTIMEOUT2, PERIP1, NOMARK, STLS_REQ, FSIZE1000, EDITS_ONLY = \
-    1 << 8, 4 << 8, 8 << 8, 16 << 8, 32 << 8, 64 << 8, 128 << 8
+QUAR, CERT, FTIMEOUT2, PERIP1, NOMARK, STLS_REQ, FSIZE1000, EDITS_ONLY = \
+    1 << 8, 2 << 8, 4 << 8, 8 << 8, 16 << 8, 32 << 8, 64 << 8, 128 << 8
 
 
 def data(op, who, b):
@@ -46,8 +46,13 @@ def T(x):                   # time passes: 50 ms, 0.3, 1.1, 5, 31, 121, 601,
     return bytes([5 | x << 5])  # 3601 s
 
 
-def OPEN1():
-    return bytes([6 | 1 << 4])
+def OPEN1(tls=0):
+    return bytes([6 | 1 << 4 | tls << 5])
+
+
+# The start of a real TLS 1.2 ClientHello, then junk.
+HELLO = bytes.fromhex("160301002d0100002903035f") + b"\x00" * 32 + b"\x00\x02\x13\x01\x01\x00"
+
 
 
 SHUTDOWN = bytes([7])
@@ -144,6 +149,11 @@ SEEDS = {
     "stls-required-per-ip": (LOOPBACK | STLS_REQ | PERIP1, [
         C(b"USER alice%pop.example.com\r\n"), U(b"+OK ready\r\n"),
         U(b"+OK\r\nUSER\r\n.\r\n"), OPEN1(), C(b"CAPA\r\n", 1)]),
+    "client-stls-injection": (CERT | LOOPBACK, [
+        C(b"CAPA\r\nSTLS\r\nUSER evil%pop.example.com\r\n"), C(HELLO),
+        C(b"USER alice%pop.example.com\r\n")]),
+    "client-implicit-tls": (CERT | LOOPBACK, [OPEN1(1), C(HELLO, 1),
+        C(b"QUIT\r\n", 1), STATUS]),
     "stalled-client-serving": (FILTER | LOOPBACK | NOMARK, login() + [
         C(b"RETR 1\r\n"), U(b"+OK 240000 octets\r\n"),
         BIG(b"w" * 78 + b"\r\n", 3000), U(b".\r\n"), X(6), F(0), T(0),
