@@ -1,5 +1,6 @@
 # test_filter_failures.py: the filter path when filters fail or misbehave, and
 # under load: fallback, restarts, breaker, hostile frames, memory budget.
+import hashlib
 import re
 import signal
 import threading
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from harness import SANITIZED, direct, message, octets, read_replies, unstuff, via
+from harness import SANITIZED, big_message, direct, message, octets, read_replies, unstuff, via
 from pyfilter import FilterProc
 from test_filter import flags, retr, served, start_filter
 
@@ -265,3 +266,56 @@ def test_memory_stays_within_buffer_budget(dovecot, proxy_factory, procs, wtmp):
     if not SANITIZED:
         assert hwm - base["VmRSS"] < budget + margin
     assert len(f.requests()) == 72
+
+
+def test_filter_that_stops_reading_blocks_nobody(dovecot, proxy_factory, procs, wtmp):
+    """A filter that stops reading in the middle of a 4 MB request: the proxy
+    keeps serving other sessions at once, falls back for that message at its
+    deadline with the octets exact, finishes the half-written frame when the
+    filter reads again (so the stream stays in step) and filters the next
+    message normally."""
+    dovecot.deliver("alice", big_message(4, seed=b"stall"))
+    dovecot.deliver("alice", message("after", b"small one\n"))
+    dovecot.deliver("bob", message("bob's", b"hello bob\n"))
+    f = start_filter(procs, wtmp, mode="edit")
+    p = proxy_factory(flags(f, timeout=3))
+    orig = served(dovecot)
+    a = via(p, dovecot)
+    f.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        a.send(b"RETR 1\r\n")
+        # The proxy is stuck writing to the filter (its socket is full) ...
+        p.wait_log(r"C: RETR")
+        time.sleep(0.3)
+        # ... and still serves everyone else at once.
+        for _ in range(3):
+            t1 = time.monotonic()
+            b = via(p, dovecot, user="bob")
+            assert b.ok("STAT").startswith(b"+OK 1 ")
+            st, _ = b.cmd_multi("LIST")
+            assert st.startswith(b"+OK")
+            b.ok("QUIT")
+            b.close()
+            assert time.monotonic() - t1 < 1.0
+        st = a.line()
+        took = time.monotonic() - t0
+        content = unstuff(a.multi())
+        assert octets(st) == len(content)
+        assert MARK.match(content).group(1) == b"timeout"
+        assert content[MARK.match(content).end():] == orig[1]
+        assert 2.9 <= took < 5.0, took
+    finally:
+        f.signal(signal.SIGCONT)
+    # The rest of the 4 MB frame goes out once the filter reads again; then
+    # the filter is in step and filters the next message.
+    assert filtered_or_marked(retr(a, 2), orig[2]) == "filtered"
+    a.ok("QUIT")
+    reqs = f.requests()
+    assert len(reqs) == 2
+    # The filter got the whole 4 MB frame intact, though it was cut at
+    # whatever octet the socket was full.
+    assert reqs[0]["sha256"] == hashlib.sha256(orig[1]).hexdigest()
+    # One connection all along: the fallback did not cost the filter.
+    assert "connection closed" not in p.log_text()
+    assert len(re.findall(r"filter f1\.sock: connected", p.log_text())) == 1
