@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -171,6 +172,71 @@ conn_flush(struct conn *c)
 	return 0;
 }
 
+/* Queue n octets behind what is pending; the write watcher sends them. */
+static int
+conn_queue(struct conn *c, const void *p, size_t n)
+{
+	if (buf_append(&c->out, p, n) < 0) {
+		conn_fail(c, ENOMEM);
+		return -1;
+	}
+	if (c->out.len >= CONN_OUT_HWM)
+		c->out_high = 1;
+	c->notify_drain = 1;
+	if (!c->tls_handshake && !c->tls_write_wants_read && !c->corked)
+		ev_io_start(c->loop, &c->ww);
+	return 0;
+}
+
+int
+conn_writev(struct conn *c, const struct iovec *iov, int n)
+{
+	int i = 0;
+	size_t skip = 0;
+
+	if (c->failed || c->fd < 0)
+		return -1;
+	if (c->ssl != NULL || c->tls_start) {
+		/* OpenSSL takes one buffer at a time: gather, then send. */
+		int corked = c->corked;
+		conn_cork(c);
+		for (; i < n; i++)
+			if (conn_write(c, iov[i].iov_base, iov[i].iov_len) < 0)
+				return -1;
+		if (!corked)
+			conn_uncork(c);
+		return 0;
+	}
+	if (c->out.len == 0 && !c->corked) {
+		struct msghdr mh = { .msg_iov = (struct iovec *)iov,
+		    .msg_iovlen = (size_t)n };
+		ssize_t w;
+		for (;;) {
+			w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+			if (w >= 0)
+				break;
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK) {
+				conn_fail(c, errno);
+				return -1;
+			}
+			w = 0;
+			break;
+		}
+		c->bytes_out += (uint64_t)w;
+		for (; i < n && (size_t)w >= iov[i].iov_len; i++)
+			w -= (ssize_t)iov[i].iov_len;
+		skip = (size_t)w;
+	}
+	/* What the socket did not take is copied, in order. */
+	for (; i < n; i++, skip = 0)
+		if (iov[i].iov_len > skip && conn_queue(c,
+		    (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip) < 0)
+			return -1;
+	return 0;
+}
+
 int
 conn_write(struct conn *c, const void *p, size_t n)
 {
@@ -193,16 +259,7 @@ conn_write(struct conn *c, const void *p, size_t n)
 		if (n == 0)
 			return 0;
 	}
-	if (buf_append(&c->out, p, n) < 0) {
-		conn_fail(c, ENOMEM);
-		return -1;
-	}
-	if (c->out.len >= CONN_OUT_HWM)
-		c->out_high = 1;
-	c->notify_drain = 1;
-	if (!c->tls_handshake && !c->tls_write_wants_read && !c->corked)
-		ev_io_start(c->loop, &c->ww);
-	return 0;
+	return conn_queue(c, p, n);
 }
 
 void

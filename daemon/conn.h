@@ -58,6 +58,11 @@ void conn_close(struct conn *);
 /* Queue bytes; written at once when nothing is pending (no copy then).
  * Returns -1 if the connection has failed or memory ran out. */
 int conn_write(struct conn *, const void *p, size_t n);
+/* The same for pieces in the caller's memory: sent with one sendmsg()
+ * straight from there when nothing is pending (plain sockets); only what
+ * the socket does not take is copied. */
+struct iovec;
+int conn_writev(struct conn *, const struct iovec *iov, int n);
 /* Gather many small writes into one send (a reply served from memory
  * in pieces); uncork sends what gathered. */
 void conn_cork(struct conn *);

@@ -18,7 +18,14 @@
 #include "retr.h"
 #include "session.h"
 
+#include <sys/uio.h>
+
 #define SERVE_CHUNK	(256 * 1024)
+/* One round of serving: at most this many octets and pieces per sendmsg().
+ * What the client's socket does not take is copied to its output buffer,
+ * so this also bounds the memory a slow client costs beyond the hold. */
+#define SERVE_ROUND	(128 * 1024)
+#define SERVE_IOV	64
 
 /* --- the budget ---------------------------------------------------------------- */
 
@@ -128,48 +135,54 @@ stuffed_run(const char *p, size_t len, size_t off, size_t lim)
 /* --- serving a verdict -------------------------------------------------------- */
 
 /*
- * Write the held message to the client with dot-stuffing reapplied, at most
- * until the client's output reaches its high-water mark; resumed from
- * retr_client_writable(). Output is written straight from the held buffer.
+ * Write the held message to the client with dot-stuffing reapplied, in
+ * rounds: the status line, runs of the message straight from the held
+ * buffer with a "." piece before each line that starts with one, and the
+ * terminator, gathered into one sendmsg() each (no copy of the message
+ * unless the socket is full). A round the socket does not take whole is
+ * finished from the output buffer; serving resumes on CONN_DRAINED
+ * (retr_client_writable).
  */
 static void
 retr_serve(struct session *s)
 {
+	static const char dot[] = ".", end_crlf[] = "\r\n.\r\n";
 	const char *p = buf_ptr(&s->msg);
 	size_t len = s->msg.len;
+	int ended = 0;
 
-	/* Stuffing dots and runs gather into one send per round; a round that
-	 * the socket takes whole is followed by the next at once, since no
-	 * write event will come for an empty output buffer. */
 	session_relay_flush(s);
-	for (;;) {
-		conn_cork(&s->client);
-		while (s->serve_off < len &&
-		    conn_out_pending(&s->client) < CONN_OUT_HWM) {
-			size_t off = s->serve_off;
+	while (!ended) {
+		if (conn_out_pending(&s->client) > 0 || s->client.failed)
+			return;		/* resumed by CONN_DRAINED */
+		struct iovec iov[SERVE_IOV];
+		int n = 0;
+		size_t off = s->serve_off, round = 0;
+		if (s->serve_status_len > 0) {
+			iov[n++] = (struct iovec){ s->serve_status,
+			    s->serve_status_len };
+			s->serve_status_len = 0;
+		}
+		while (off < len && n + 3 <= SERVE_IOV && round < SERVE_ROUND) {
 			if (NEEDS_DOT(p, off))
-				conn_write(&s->client, LIT("."));
+				iov[n++] = (struct iovec){ (void *)dot, 1 };
 			size_t lim = len - off > SERVE_CHUNK ? off + SERVE_CHUNK : len;
 			size_t end = stuffed_run(p, len, off, lim);
-			conn_write(&s->client, p + off, end - off);
-			s->serve_off = end;
+			iov[n++] = (struct iovec){ (void *)(p + off), end - off };
+			round += end - off;
+			off = end;
 		}
-		if (s->serve_off >= len || s->client.failed)
-			break;
-		conn_uncork(&s->client);
-		if (conn_out_pending(&s->client) > 0 || s->client.failed)
-			return;		/* resumed by CONN_LOWAT or CONN_DRAINED */
+		if (off >= len) {
+			/* The terminator; a line end must come before it. */
+			int bare = len > 0 && p[len - 1] != '\n';
+			iov[n++] = (struct iovec){ (void *)(end_crlf + (bare ? 0 : 2)),
+			    bare ? 5 : 3 };
+			ended = 1;
+		}
+		s->serve_off = off;
+		if (conn_writev(&s->client, iov, n) < 0)
+			return;		/* the client is gone: CONN_ERROR ends it */
 	}
-	if (s->client.failed) {
-		conn_uncork(&s->client);
-		return;
-	}
-	/* The terminator; a message must end with a line end before it. */
-	if (len > 0 && p[len - 1] != '\n')
-		session_client_write(s, LIT("\r\n.\r\n"));
-	else
-		session_client_write(s, LIT(".\r\n"));
-	conn_uncork(&s->client);
 	buf_free(&s->msg);
 	s->serve_off = 0;
 	s->serving = 0;
@@ -215,9 +228,9 @@ retr_done(void *arg, struct filter_result *res)
 	size_t octets = s->msg.len;
 	if (octets > 0 && buf_ptr(&s->msg)[octets - 1] != '\n')
 		octets += 2;	/* the CRLF retr_serve adds before the dot */
-	char line[64];
-	int n = snprintf(line, sizeof(line), "+OK %zu octets\r\n", octets);
-	session_client_write(s, line, (size_t)n);
+	int n = snprintf(s->serve_status, sizeof(s->serve_status),
+	    "+OK %zu octets\r\n", octets);
+	s->serve_status_len = (uint8_t)n;
 	s->serving = 1;
 	s->serve_off = 0;
 	retr_serve(s);

@@ -123,6 +123,9 @@ struct session {
 	struct buf msg;
 	size_t serve_off;		/* octets of msg already served */
 	char held_status[96];		/* the server's +OK line, if short */
+	char serve_status[48];		/* our "+OK n octets", sent with the
+					 * first octets served */
+	uint8_t serve_status_len;
 	uint8_t held_status_len;
 	unsigned hold_waiting:1;	/* with the filters, or being served */
 	unsigned serving:1;
