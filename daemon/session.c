@@ -529,6 +529,10 @@ session_connected(void *arg, int fd, const char *err)
 	}
 	s->pq_sent = 1;
 	s->up_owed = 1;
+	/* Without implicit TLS the proxy asks CAPA (and maybe does STLS)
+	 * first: commands a client sent before its greeting must not reach
+	 * the server before that, nor in clear before STLS. */
+	s->fixed_wait = s->state == S_FIXED && !s->up_implicit;
 	session_update(s);
 	if (s->state == S_FIXED)
 		session_client_input(s);	/* commands sent before we connected */
@@ -632,6 +636,7 @@ session_after_capa(struct session *s)
 		return;
 	}
 	if (s->state == S_FIXED) {
+		s->fixed_wait = 0;
 		if (s->saved_greeting != NULL) {
 			session_client_write(s, s->saved_greeting,
 			    strlen(s->saved_greeting));
@@ -1061,8 +1066,9 @@ session_client_input_lines(struct session *s)
 		if ((s->state == S_TRANSACTION || s->state == S_FIXED) &&
 		    s->pq_len >= PQ_MAX)
 			break;
-		if (s->state == S_FIXED && !conn_is_open(&s->up))
-			break;	/* not connected yet */
+		if (s->state == S_FIXED && (!conn_is_open(&s->up) ||
+		    s->fixed_wait))
+			break;	/* not connected, or not greeted, yet */
 
 		const char *p = buf_ptr(in);
 		struct pending *auth = NULL;
@@ -1571,6 +1577,8 @@ session_upstream_parse(struct session *s)
 			break;		/* resumed on CONN_LOWAT/DRAINED */
 		if (in->len == 0)
 			break;
+		if (s->pq_sent == 0)
+			break;	/* nothing asked yet: what came is unsolicited */
 		if (!s->rp_active) {
 			resp_begin(&s->rp, h->multi);
 			s->rp_active = 1;
@@ -1625,7 +1633,8 @@ session_upstream_parse(struct session *s)
 			return;
 	}
 out:
-	if (s->state != S_CLOSING && s->pq_len == 0 && in->len > 0) {
+	if (s->state != S_CLOSING && in->len > 0 &&
+	    (s->pq_len == 0 || s->pq_sent == 0)) {
 		/* Unsolicited: typically "-ERR disconnected for inactivity"
 		 * right before the server closes. Logged, not relayed. */
 		log_info(s->sid, "server sent %zu unsolicited octets", in->len);

@@ -105,6 +105,10 @@ struct session {
 	unsigned up_implicit:1, up_stls_want:1, up_stls_offered:1;
 	unsigned stls_now:1;		/* client STLS accepted this line */
 	unsigned client_eof:1;		/* client half-closed: answer, then end */
+	unsigned fixed_wait:1;		/* fixed mode: the proxy is still talking
+					 * to the server (CAPA, STLS); the
+					 * client's commands wait for the
+					 * greeting to be relayed */
 	char *saved_greeting;		/* fixed mode + STLS: relayed after TLS */
 	char **uidls;			/* by message number, when filtering */
 	uint32_t nuidls;		/* table size */

@@ -135,6 +135,7 @@ static struct {
 	size_t client_got, up_got;
 	int requests, verdicts, up_lines;
 	int upstream_tainted;		/* SECRET came from a server/filter */
+	int verbose;			/* FUZZ_SESSION_VERBOSE is set */
 
 	/* A pending fake connect: delivered from the loop, never from
 	 * inside upstream_start(). */
@@ -581,6 +582,14 @@ drain(int fd, struct client *c, int up)
 		if (r <= 0)
 			break;
 		moved = 1;
+		if (up && H.verbose) {
+			fprintf(stderr, "fuzz_session: to upstream %d: ",
+			    (int)(c - H.c));
+			for (ssize_t i = 0; i < r; i++)
+				fprintf(stderr, isprint((unsigned char)buf[i]) ?
+				    "%c" : "\\x%02x", (unsigned char)buf[i]);
+			fputc('\n', stderr);
+		}
 		if (up)
 			lines_feed(&c->up, buf, (size_t)r, up_line_done, c);
 		*(up ? &H.up_got : &H.client_got) += (size_t)r;
@@ -1141,6 +1150,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!ready) {
 		setup_once();
+		H.verbose = getenv("FUZZ_SESSION_VERBOSE") != NULL;
 		atexit(cleanup_path);
 		ready = 1;
 	}

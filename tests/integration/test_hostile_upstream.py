@@ -1,5 +1,6 @@
 # A scripted, misbehaving upstream: silence, garbage, over-long lines, NULs,
 # a close or a stall in the middle of RETR. The proxy must neither crash nor wedge.
+import socket
 import time
 
 import pytest
@@ -337,6 +338,41 @@ def test_fixed_upstream_relays_greeting_and_binary(capa_reply, proxy_factory, fa
         assert c.cmd("APOP bob 0123456789abcdef0123456789abcdef") == b"+OK apop fine\r\n"
         assert c.cmd_multi("TOP 1 0") == (b"+OK\r\n", b"X-Bin: \x00\xff\r\n\r\n.\r\n")
         assert c.cmd("QUIT") == b"+OK bye\r\n"
+    fake.wait_finished(1)
+    fake.check()
+
+
+def test_fixed_upstream_commands_sent_before_the_greeting_wait(proxy_factory, fake_upstream):
+    """A client that pipelines before it has the greeting: its commands wait
+    until the proxy has asked the server's CAPA and relayed the greeting, so
+    they reach the server after the proxy's CAPA and get their own replies
+    (found by fuzz_session: they used to go first, or to stall, and a reply
+    could be taken for a command not yet sent)."""
+    def script(conn):
+        conn.send(b"+OK fake <1.2@fake>\r\n")
+        time.sleep(0.3)                             # the client writes first
+        conn.expect(b"CAPA")                        # the proxy's own
+        conn.send(b"+OK\r\nUIDL\r\nPIPELINING\r\n.\r\n")
+        conn.expect(b"CAPA")                        # the client's
+        conn.send(b"+OK\r\nTOP\r\n.\r\n")
+        conn.expect(b"USER bob")
+        conn.send(b"+OK bob\r\n")
+        conn.expect(b"QUIT")
+        conn.send(b"+OK bye\r\n")
+    fake = fake_upstream(script)
+    proxy = proxy_factory(["--upstream", fake.addr] + TIMEOUT_FLAGS, allow=())
+    s = socket.create_connection((proxy.host, proxy.port), timeout=5)
+    s.sendall(b"CAPA\r\nUSER bob\r\nQUIT\r\n")     # before any greeting
+    got = b""
+    while got.count(b"\r\n") < 6:
+        d = s.recv(4096)
+        if not d:
+            break
+        got += d
+    s.close()
+    assert got.startswith(b"+OK fake <1.2@fake>\r\n"), got
+    assert b"+OK\r\nTOP\r\n" in got and b"UIDL" not in got, got
+    assert got.endswith(b"+OK bob\r\n+OK bye\r\n"), got
     fake.wait_finished(1)
     fake.check()
 
