@@ -50,6 +50,26 @@ buf_reserve(struct buf *b, size_t n)
 	return buf_tail(b);
 }
 
+void
+buf_compact(struct buf *b)
+{
+	if (b->len == 0) {
+		buf_free(b);
+		return;
+	}
+	if (b->off > 0) {
+		memmove(b->data, b->data + b->off, b->len);
+		b->off = 0;
+	}
+	if (b->cap > b->len) {
+		char *p = realloc(b->data, b->len);
+		if (p != NULL) {
+			b->data = p;
+			b->cap = b->len;
+		}
+	}
+}
+
 int
 buf_presize(struct buf *b, size_t n)
 {

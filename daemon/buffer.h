@@ -33,6 +33,8 @@ int buf_append(struct buf *, const void *p, size_t n);
 int buf_presize(struct buf *, size_t n);
 /* Drop n bytes from the front. */
 void buf_consume(struct buf *, size_t n);
+/* Give back the room beyond the bytes held (a buffer that must wait). */
+void buf_compact(struct buf *);
 /* Release memory above `keep` bytes of capacity once the buffer is empty, so
  * that an idle session does not sit on a large buffer. */
 void buf_shrink(struct buf *, size_t keep);

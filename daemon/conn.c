@@ -354,14 +354,15 @@ conn_tls_start(struct conn *c, SSL *ssl)
 static int
 conn_read_once(struct conn *c)
 {
-	char *p = buf_reserve(&c->in, READ_CHUNK);
+	size_t want = c->read_max ? c->read_max : READ_CHUNK;
+	char *p = buf_reserve(&c->in, want);
 	if (p == NULL) {
 		conn_fail(c, ENOMEM);
 		return 0;
 	}
 	ssize_t n;
 	if (c->ssl == NULL) {
-		n = recv(c->fd, p, READ_CHUNK, 0);
+		n = recv(c->fd, p, want, 0);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
 				return 0;
@@ -369,7 +370,7 @@ conn_read_once(struct conn *c)
 		}
 	} else {
 		ERR_clear_error();
-		int r = SSL_read(c->ssl, p, READ_CHUNK);
+		int r = SSL_read(c->ssl, p, (int)want);
 		if (r > 0) {
 			n = r;
 		} else {

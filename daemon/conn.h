@@ -38,6 +38,7 @@ struct conn {
 	conn_cb cb;
 	void *arg;
 	size_t in_hwm;
+	size_t read_max;		/* octets per read; 0: the default */
 	uint64_t bytes_in, bytes_out;
 	int err;
 	unsigned want_read:1, eof:1, failed:1, out_high:1, notify_drain:1;

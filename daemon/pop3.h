@@ -73,6 +73,8 @@ struct resp_parser {
 /* Expect a new reply; multi says whether +OK starts a body. */
 void resp_begin(struct resp_parser *, int multi);
 #define resp_done(p) ((p)->state == 2)
+/* Still waiting for the status line (nothing of this reply consumed). */
+#define resp_at_status(p) ((p)->state == 0)
 
 /*
  * Parse from buf. Returns the number of octets consumed (ev->len) and

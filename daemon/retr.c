@@ -296,6 +296,9 @@ retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 			    (unsigned long long)px->held_bytes,
 			    (unsigned long long)cfg->buffer_budget);
 		budget_enqueue(s);
+		/* Waiting, it keeps only what it has read (a few KiB, see
+		 * retr_read_max), not a 64 KiB read buffer outside the budget. */
+		buf_compact(&s->up.in);
 		return 2;
 	}
 	budget_dequeue(s);
@@ -383,6 +386,21 @@ int
 retr_may_read(const struct session *s)
 {
 	return !s->budget_wait;
+}
+
+size_t
+retr_read_max(const struct session *s)
+{
+	/* The reply at the head is a RETR the filters may want, and its
+	 * status line has not been taken yet: read a little, so that a
+	 * session that then waits for budget holds a few KiB of the server's
+	 * octets outside the budget, not 64 KiB (500 waiting sessions: 32
+	 * MiB). Once the status is taken (held, or relayed), reads are big. */
+	if (s->px->filters != NULL && s->pq_len > 0 &&
+	    s->pq[s->pq_head].kind == P_RETR &&
+	    (!s->rp_active || resp_at_status(&s->rp)))
+		return RETR_READ_SMALL;
+	return 0;
 }
 
 void

@@ -26,6 +26,9 @@ int retr_end(struct session *, struct pending *, const struct resp_event *);
 void retr_client_writable(struct session *);
 /* May the session read more from its server (global memory budget)? */
 int retr_may_read(const struct session *);
+/* Octets per read from the server now (0: the default). */
+#define RETR_READ_SMALL	4096
+size_t retr_read_max(const struct session *);
 /* Forget any held message (session ending or upstream dropped). */
 void retr_abort(struct session *);
 

@@ -444,8 +444,10 @@ session_update(struct session *s)
 
 	conn_want_read(&s->client, !s->quit_sent &&
 	    (!up_open || conn_out_pending(&s->up) < CONN_OUT_HWM));
-	if (up_open)
+	if (up_open) {
+		s->up.read_max = retr_read_max(s);
 		conn_want_read(&s->up, !client_slow && retr_may_read(s));
+	}
 
 	int due = up_open && pq_upstream_owed(s) && !client_slow &&
 	    !s->hold_waiting && !s->budget_wait;
