@@ -35,7 +35,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN       = -Wall -Wextra -Wstrict-prototypes -Wwrite-strings -Wmissing-prototypes \
              -Wshadow -Wno-unused-parameter $(WERROR)
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -MMD -MP \
-             -Iprotocol -Idaemon -Iclients/libpop3filter $(PKG_CFLAGS) $(CFLAGS)
+             -Iprotocol -Idaemon -Iclients/libpop3filter -Iclients/bridge $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS     = -lev $(PKG_LIBS) -lm
 
 obj = $(patsubst %.c,$(B)/%.o,$(1))
@@ -54,7 +54,10 @@ FLIB_A   := $(B)/libpop3filter.a
 FLIB_SO  := $(B)/libpop3filter.so
 
 # --- programs: bin/pop3proxyd, and one per clients/<name>/ or tests/bench/<name>/
-CLIENT_PROGS := $(notdir $(patsubst %/,%,$(filter-out clients/libpop3filter/,$(wildcard clients/*/))))
+CLIENT_PROGS := $(notdir $(patsubst %/,%,$(filter-out clients/libpop3filter/ clients/bridge/,$(wildcard clients/*/))))
+# What the scanner bridges share (clients/bridge/): linked into each of them.
+BRIDGE_SRC   := $(wildcard clients/bridge/*.c)
+BRIDGE_PROGS := pop3filter-spamd pop3filter-clamd
 BENCH_PROGS  := $(notdir $(patsubst %/,%,$(wildcard tests/bench/*/)))
 PROGS := $(BIN)/pop3proxyd $(addprefix $(BIN)/,$(CLIENT_PROGS)) $(addprefix $(BIN)/,$(BENCH_PROGS))
 
@@ -94,7 +97,7 @@ $(BIN)/pop3proxyd: $(B)/daemon/main.o $(CORE_LIB) $(PROTO_LIB)
 
 # A client program is every .c file of its folder, plus the libraries.
 define client_prog
-$(BIN)/$(1): $(call obj,$(wildcard clients/$(1)/*.c)) $(FLIB_A) $(PROTO_LIB)
+$(BIN)/$(1): $(call obj,$(wildcard clients/$(1)/*.c)) $(if $(filter $(BRIDGE_PROGS),$(1)),$(call obj,$(BRIDGE_SRC))) $(FLIB_A) $(PROTO_LIB)
 	@mkdir -p $(BIN)
 	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef

@@ -171,6 +171,11 @@ int	pf_reject(struct pf_req *, const char *notice);	/* NULL: proxy's own */
  * the proxy need not quarantine it); write it durably before calling. */
 int	pf_reject_quarantined(struct pf_req *, const char *notice,
 	    const char *quarantine_id);
+/* Keep a message durably in dir (a temporary file, fsync, rename, then the
+ * directory fsync'ed), so that pf_reject_quarantined() may name it. The id
+ * (also the file name, NAME.eml) goes to id. 0, or -1 with errno. */
+int	pf_quarantine_store(const char *dir, const char *msg, size_t len,
+	    char *id, size_t idcap);
 int	pf_tempfail(struct pf_req *, const char *reason);
 /* The filter failed on this message: an error (code "internal") for this
  * request; the proxy applies its failure policy. */

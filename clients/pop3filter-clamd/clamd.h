@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../pop3filter-spamd/bridge.h"
+#include "bridge.h"
 
 #define CLAMD_CHUNK		(256 * 1024)	/* octets per INSTREAM chunk */
 #define CLAMD_MAX_REPLY		4096

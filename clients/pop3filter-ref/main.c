@@ -93,7 +93,7 @@ reject(struct ref *ref, struct pf_req *r, const struct pf_message *m,
 		return;
 	}
 	/* Durable before we answer: the proxy will not keep a copy. */
-	if (quarantine_store(ref->cfg.quarantine, m->body, m->body_len, qid,
+	if (pf_quarantine_store(ref->cfg.quarantine, m->body, m->body_len, qid,
 	    sizeof(qid)) == -1) {
 		pf_log(ref->pf, PF_LOG_ERROR, "quarantine %s: %s",
 		    ref->cfg.quarantine, strerror(errno));

@@ -1,5 +1,5 @@
-/* ref.h: pop3filter-ref's parts: its configuration (rules), the MIME walker
- * that finds attachment names, and the quarantine directory. */
+/* ref.h: pop3filter-ref's parts: its configuration (rules) and the MIME
+ * walker that finds attachment names. */
 #ifndef REF_H
 #define REF_H
 
@@ -53,10 +53,5 @@ int	mime_names(const char *msg, size_t len, mime_name_cb, void *arg);
 /* Unfold and decode one parameter of a header value (exposed for tests). */
 int	mime_param(const char *value, size_t vlen, const char *attr, char *out,
 	    size_t outcap, size_t *outlen);
-
-/* quarantine.c: store msg durably (file and directory fsync'ed) in dir; the
- * id (file name) in id. 0/-1 with errno. */
-int	quarantine_store(const char *dir, const char *msg, size_t len, char *id,
-	    size_t idcap);
 
 #endif

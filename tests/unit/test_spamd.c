@@ -10,8 +10,7 @@
 
 /* The bridge's pure parts are not a library: compile them in. */
 #include "../../clients/pop3filter-spamd/spamd_proto.c"
-#include "../../clients/pop3filter-spamd/bridge.c"
-#include "../../clients/pop3filter-spamd/quarantine.c"
+#include "../../clients/bridge/bridge.c"
 
 /* Real answers of spamd 4.0.1 (Debian 12), HEADERS for GTUBE with
  * report_safe 0 and for a ham message that came with a forged X-Spam-Flag. */

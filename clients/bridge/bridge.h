@@ -117,8 +117,5 @@ void	bridge_must(struct pf *, struct pf_req *, int rc, const char *what);
 void	bridge_reject(struct pf *, struct pf_req *, const struct pf_message *,
 	    const struct bridge_common *, const char *notice, const char *what);
 
-/* Keep a rejected message: clients/pop3filter-ref/quarantine.c, shared. */
-int	quarantine_store(const char *dir, const char *msg, size_t len, char *id,
-	    size_t idcap);
 
 #endif

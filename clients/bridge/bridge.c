@@ -249,7 +249,7 @@ bridge_reject(struct pf *pf, struct pf_req *r, const struct pf_message *m,
 		return;
 	}
 	/* Durable before we answer: the proxy will not keep a copy. */
-	if (quarantine_store(c->quarantine, m->body, m->body_len, qid,
+	if (pf_quarantine_store(c->quarantine, m->body, m->body_len, qid,
 	    sizeof(qid)) == -1) {
 		pf_log(pf, PF_LOG_ERROR, "quarantine %s: %s", c->quarantine,
 		    strerror(errno));

@@ -1,5 +1,5 @@
-/* quarantine.c: pop3filter-ref's quarantine directory: each rejected message
- * written to a temporary file, fsync'ed, renamed into place, directory synced. */
+/* pf_quarantine.c: a filter's own quarantine directory: each rejected
+ * message written to a temporary file, fsync'ed, renamed, directory synced. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ref.h"
+#include "pop3filter.h"
 
 static int
 write_all(int fd, const char *p, size_t n)
@@ -31,7 +31,7 @@ write_all(int fd, const char *p, size_t n)
  * this process, O_EXCL refuses a clash with another one. The rename makes a
  * half-written file invisible; the directory fsync makes the name durable. */
 int
-quarantine_store(const char *dir, const char *msg, size_t len, char *id,
+pf_quarantine_store(const char *dir, const char *msg, size_t len, char *id,
     size_t idcap)
 {
 	static unsigned long counter;
