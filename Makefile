@@ -191,8 +191,9 @@ FUZZ_QUICK_SECONDS ?= 10
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                 -Wall -Wextra -Wno-unused-parameter -Wno-duplicate-decl-specifier \
-                -Idaemon -Iprotocol -Itests/fuzz
-FUZZ_TARGETS := fuzz_cmd fuzz_resp fuzz_route fuzz_codec fuzz_edit fuzz_session
+                -Idaemon -Iprotocol -Itests/fuzz -Iclients/libpop3filter \
+                -Iclients/pop3filter-ref
+FUZZ_TARGETS := fuzz_cmd fuzz_resp fuzz_route fuzz_codec fuzz_edit fuzz_session fuzz_mime
 FUZZ_BINS    := $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 fuzz_cmd_SRC   := daemon/pop3.c daemon/base64.c
 fuzz_resp_SRC  := daemon/pop3.c
@@ -205,6 +206,8 @@ fuzz_edit_SRC  := protocol/fp.c protocol/fp_edit.c
 fuzz_session_SRC := $(filter-out daemon/main.c daemon/upstream.c daemon/tls.c,$(wildcard daemon/*.c)) \
                     protocol/fp.c protocol/fp_edit.c
 fuzz_session_LIBS := -lev -lm
+# pop3filter-ref's MIME walker and the library's header helpers it uses.
+fuzz_mime_SRC  := clients/pop3filter-ref/mime.c clients/libpop3filter/pf_header.c
 
 .PHONY: fuzz fuzz-quick fuzz-build fuzz-seeds
 
