@@ -206,8 +206,9 @@ fuzz_edit_SRC  := protocol/fp.c protocol/fp_edit.c
 fuzz_session_SRC := $(filter-out daemon/main.c daemon/upstream.c daemon/tls.c,$(wildcard daemon/*.c)) \
                     protocol/fp.c protocol/fp_edit.c
 fuzz_session_LIBS := -lev -lm
-# pop3filter-ref's MIME walker and the library's header helpers it uses.
-fuzz_mime_SRC  := clients/pop3filter-ref/mime.c clients/libpop3filter/pf_header.c
+# pop3filter-ref's MIME walker and stripping, and the library's header helpers.
+fuzz_mime_SRC  := clients/pop3filter-ref/mime.c clients/pop3filter-ref/strip.c \
+                  clients/libpop3filter/pf_header.c
 
 .PHONY: fuzz fuzz-quick fuzz-build fuzz-seeds
 

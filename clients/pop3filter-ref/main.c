@@ -37,6 +37,110 @@ on_name(const char *name, size_t len, void *arg)
 	return 1;
 }
 
+/* The proxy did not grant the action a rule wants: say so in a header. */
+static void
+accept_warned(struct ref *ref, struct pf_req *r, const struct pf_message *m,
+    const char *action, const char *warning)
+{
+	pf_log(ref->pf, PF_LOG_WARN, "session %s msg %llu: %s not granted; "
+	    "accepting with a warning header", m->session_id,
+	    (unsigned long long)m->number, action);
+	if (pf_granted(r, PF_EDIT_HEADERS))
+		pf_add_header(r, "X-POP3Filter-Ref-Warning", warning);
+	pf_accept(r);
+}
+
+/* Parts to cut out: the outermost part (not the message itself) whose name
+ * matches a strip pattern; parts inside it go with it. */
+#define MAX_STRIPS	64
+
+struct cuts {
+	const struct ref_config	*cfg;
+	const char		*msg;
+	struct strip_span	 sp[MAX_STRIPS];
+	size_t			 n;
+	int			 top;	/* the message itself is such a file */
+};
+
+static int
+on_part(const char *name, size_t len, const char *ent, size_t entlen,
+    int depth, void *arg)
+{
+	struct cuts *c = arg;
+	struct strip_span *s;
+	const char *g;
+	size_t off = (size_t)(ent - c->msg), i;
+
+	if ((g = config_match_strip(c->cfg, name, len)) == NULL)
+		return 0;
+	if (depth == 0) {
+		c->top = 1;	/* no part to replace: the header would go too */
+		return 0;
+	}
+	/* Walked outside in: one inside the last cut is already gone. */
+	if (c->n > 0 && off >= c->sp[c->n - 1].off &&
+	    off < c->sp[c->n - 1].off + c->sp[c->n - 1].len)
+		return 0;
+	if (c->n == MAX_STRIPS)
+		return 1;
+	s = &c->sp[c->n++];
+	s->off = off;
+	s->len = entlen;
+	s->glob = g;
+	/* For the note: printable ASCII only, no quote. */
+	for (i = 0; i < len && i < sizeof(s->name) - 1; i++)
+		s->name[i] = name[i] >= 0x20 && name[i] < 0x7f && name[i] != '"' ?
+		    name[i] : '?';
+	s->name[i] = '\0';
+	return 0;
+}
+
+/* Replace the message with one whose matching parts are notes. 1 if done
+ * (answered), 0 if nothing to strip. */
+static int
+strip(struct ref *ref, struct pf_req *r, const struct pf_message *m)
+{
+	struct cuts c = { .cfg = &ref->cfg, .msg = m->body };
+	char hdr[700], *out;
+	size_t outlen;
+
+	if (mime_parts(m->body, m->body_len, on_part, &c) != 0) {
+		pf_log(ref->pf, PF_LOG_WARN, "session %s msg %llu: more than %d "
+		    "parts to strip; the rest are left", m->session_id,
+		    (unsigned long long)m->number, MAX_STRIPS);
+	}
+	if (c.top)
+		pf_log(ref->pf, PF_LOG_INFO, "session %s msg %llu: the message "
+		    "itself is a file to strip: left whole (use a reject pattern)",
+		    m->session_id, (unsigned long long)m->number);
+	if (c.n == 0)
+		return 0;
+	pf_reason(r, "attachment name matches a strip pattern");
+	pf_tag(r, "stripped");
+	if (!pf_granted(r, PF_REPLACE)) {
+		accept_warned(ref, r, m, "replace",
+		    "carries an attachment the rules would strip");
+		return 1;
+	}
+	snprintf(hdr, sizeof(hdr), "%s: %s; stripped %zu attachment(s)\r\n",
+	    ref->cfg.trace_name ? ref->cfg.trace_name : "X-POP3Filter-Ref",
+	    ref->trace_value, c.n);
+	if ((out = strip_build(m->body, m->body_len, c.sp, c.n, hdr,
+	    &outlen)) == NULL) {
+		pf_fail(r, "out of memory");
+		return 1;
+	}
+	pf_log(ref->pf, PF_LOG_INFO, "session %s msg %llu: stripped %zu "
+	    "attachment(s), the first \"%s\" (%s)", m->session_id,
+	    (unsigned long long)m->number, c.n, c.sp[0].name, c.sp[0].glob);
+	if (pf_replace(r, out, outlen) == -1) {
+		pf_log(ref->pf, PF_LOG_ERROR, "replace: %s", pf_strerror(ref->pf));
+		pf_fail(r, pf_strerror(ref->pf));
+	}
+	free(out);
+	return 1;
+}
+
 /* Subject gets the rule's prefix once (not again on a second pass). */
 static int
 tag_subject(struct pf_req *r, const struct pf_message *m,
@@ -74,13 +178,7 @@ reject(struct ref *ref, struct pf_req *r, const struct pf_message *m,
 	pf_reason(r, "attachment name matches a reject pattern");
 	pf_tag(r, "attachment");
 	if (!pf_granted(r, PF_REJECT)) {
-		/* Not allowed to withhold it: say so in a header instead. */
-		pf_log(ref->pf, PF_LOG_WARN, "session %s msg %llu: reject not "
-		    "granted; accepting with a warning header", m->session_id,
-		    (unsigned long long)m->number);
-		if (pf_granted(r, PF_EDIT_HEADERS))
-			pf_add_header(r, "X-POP3Filter-Ref-Warning", notice);
-		pf_accept(r);
+		accept_warned(ref, r, m, "reject", notice);
 		return;
 	}
 	if (ref->cfg.quarantine == NULL) {
@@ -121,6 +219,8 @@ on_message(struct pf_req *r, const struct pf_message *m, void *arg)
 		reject(ref, r, m, &h);
 		return;
 	}
+	if (ref->cfg.nstrips > 0 && strip(ref, r, m))
+		return;
 	if (pf_granted(r, PF_EDIT_HEADERS)) {
 		if ((t = config_match_tag(&ref->cfg, m->body, m->body_len)) != NULL) {
 			if (tag_subject(r, m, t) == -1)
@@ -155,6 +255,7 @@ usage(FILE *fp)
 "  --config FILE              rules (see clients/pop3filter-ref/README)\n"
 "  --tag PREFIX:HEADER:REGEX  prefix the Subject when HEADER matches REGEX\n"
 "  --reject-attachment GLOB   reject messages with such attachment names\n"
+"  --strip-attachment GLOB    replace such attachments with a note\n"
 "  --quarantine DIR           keep rejected messages here (else the proxy does)\n"
 "  --no-trace                 no trace header\n"
 "  --max-inflight N           requests per connection (default 64)\n"
@@ -170,6 +271,7 @@ main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "tag", required_argument, NULL, 't' },
 		{ "reject-attachment", required_argument, NULL, 'a' },
+		{ "strip-attachment", required_argument, NULL, 'x' },
 		{ "quarantine", required_argument, NULL, 'q' },
 		{ "no-trace", no_argument, NULL, 'n' },
 		{ "max-inflight", required_argument, NULL, 'i' },
@@ -222,6 +324,12 @@ main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'x':
+			if (config_add_strip(&ref.cfg, optarg, err, sizeof(err)) == -1) {
+				fprintf(stderr, "pop3filter-ref: %s\n", err);
+				return 2;
+			}
+			break;
 		case 'q':
 			free(ref.cfg.quarantine);
 			ref.cfg.quarantine = strdup(optarg);
@@ -267,6 +375,8 @@ main(int argc, char **argv)
 	actions = PF_EDIT_HEADERS;
 	if (ref.cfg.nglobs > 0)
 		actions |= PF_REJECT | PF_TEMPFAIL;
+	if (ref.cfg.nstrips > 0)
+		actions |= PF_REPLACE;
 	pf_name(ref.pf, "pop3filter-ref/" PF_LIB_VERSION);
 	pf_declare(ref.pf, actions);
 	pf_on_message(ref.pf, on_message, &ref);
@@ -279,8 +389,9 @@ main(int argc, char **argv)
 		pf_free(ref.pf);
 		return 1;
 	}
-	pf_log(ref.pf, PF_LOG_INFO, "%zu tag rule(s), %zu attachment pattern(s), "
-	    "trace %s, quarantine %s", ref.cfg.ntags, ref.cfg.nglobs,
+	pf_log(ref.pf, PF_LOG_INFO, "%zu tag rule(s), %zu reject and %zu strip "
+	    "pattern(s), trace %s, quarantine %s", ref.cfg.ntags, ref.cfg.nglobs,
+	    ref.cfg.nstrips,
 	    ref.cfg.trace ? "on" : "off",
 	    ref.cfg.quarantine ? ref.cfg.quarantine : "by the proxy");
 	rc = pf_run(ref.pf);

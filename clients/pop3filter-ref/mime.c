@@ -15,6 +15,7 @@
 
 struct walk {
 	mime_name_cb	 cb;
+	mime_part_cb	 pcb;		/* instead of cb, for mime_parts() */
 	void		*arg;
 	int		 parts;
 	int		 stop;
@@ -219,8 +220,13 @@ param_is(const struct param *p, const char *attr, long section)
 	}
 	if (p->nlen < al + 2 || p->name[al] != '*')
 		return 0;
-	for (i = al + 1; i < p->nlen && isdigit((unsigned char)p->name[i]); i++)
+	for (i = al + 1; i < p->nlen && isdigit((unsigned char)p->name[i]); i++) {
+		/* No message has that many sections; and a long digit run
+		 * must not overflow (found by fuzz_mime). */
+		if (k > 99999)
+			return 0;
 		k = k * 10 + (p->name[i] - '0');
+	}
 	if (i == al + 1 || k != section)
 		return 0;
 	if (i == p->nlen)
@@ -332,15 +338,18 @@ type_is(const char *ct, const char *prefix)
 static void walk_entity(struct walk *, const char *, size_t, int);
 
 static void
-report(struct walk *w, const char *value, size_t vlen, const char *attr)
+report(struct walk *w, const char *value, size_t vlen, const char *attr,
+    const char *ent, size_t len, int depth)
 {
 	char name[MIME_MAX_NAME + 1];
 	size_t nl;
 
 	if (w->stop || vlen == 0)
 		return;
-	if (mime_param(value, vlen, attr, name, sizeof(name), &nl) == 0 && nl > 0)
-		w->stop = w->cb(name, nl, w->arg);
+	if (mime_param(value, vlen, attr, name, sizeof(name), &nl) != 0 || nl == 0)
+		return;
+	w->stop = w->pcb ? w->pcb(name, nl, ent, len, depth, w->arg) :
+	    w->cb(name, nl, w->arg);
 }
 
 /* Split a multipart body at its delimiter lines ("--boundary", optionally
@@ -393,8 +402,8 @@ walk_entity(struct walk *w, const char *ent, size_t len, int depth)
 	cd = ct + MIME_MAX_VALUE + 1;
 	ctl = field(ent, hlen, "Content-Type", ct, MIME_MAX_VALUE + 1);
 	cdl = field(ent, hlen, "Content-Disposition", cd, MIME_MAX_VALUE + 1);
-	report(w, cd, cdl, "filename");
-	report(w, ct, ctl, "name");
+	report(w, cd, cdl, "filename", ent, len, depth);
+	report(w, ct, ctl, "name", ent, len, depth);
 	if (!w->stop && type_is(ct, "multipart/") &&
 	    mime_param(ct, ctl, "boundary", boundary, sizeof(boundary), &blen) == 0 &&
 	    blen > 0)
@@ -408,6 +417,15 @@ int
 mime_names(const char *msg, size_t len, mime_name_cb cb, void *arg)
 {
 	struct walk w = { .cb = cb, .arg = arg };
+
+	walk_entity(&w, msg, len, 0);
+	return w.stop;
+}
+
+int
+mime_parts(const char *msg, size_t len, mime_part_cb cb, void *arg)
+{
+	struct walk w = { .pcb = cb, .arg = arg };
 
 	walk_entity(&w, msg, len, 0);
 	return w.stop;

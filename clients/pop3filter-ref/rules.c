@@ -29,6 +29,8 @@ config_free(struct ref_config *c)
 	}
 	for (i = 0; i < c->nglobs; i++)
 		free(c->globs[i]);
+	for (i = 0; i < c->nstrips; i++)
+		free(c->strips[i]);
 	free(c->trace_name);
 	free(c->notice);
 	free(c->quarantine);
@@ -58,16 +60,32 @@ config_add_tag(struct ref_config *c, const char *prefix, const char *header,
 	return 0;
 }
 
-int
-config_add_glob(struct ref_config *c, const char *glob, char *err, size_t errlen)
+static int
+glob_add(char **globs, size_t *n, const char *glob, char *err, size_t errlen)
 {
-	if (c->nglobs == REF_MAX_GLOBS) {
+	if (*n == REF_MAX_GLOBS) {
 		snprintf(err, errlen, "more than %d attachment patterns",
 		    REF_MAX_GLOBS);
 		return -1;
 	}
-	c->globs[c->nglobs++] = strdup(glob);
+	if ((globs[*n] = strdup(glob)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	(*n)++;
 	return 0;
+}
+
+int
+config_add_glob(struct ref_config *c, const char *glob, char *err, size_t errlen)
+{
+	return glob_add(c->globs, &c->nglobs, glob, err, errlen);
+}
+
+int
+config_add_strip(struct ref_config *c, const char *glob, char *err, size_t errlen)
+{
+	return glob_add(c->strips, &c->nstrips, glob, err, errlen);
 }
 
 static char *
@@ -173,6 +191,14 @@ config_load(struct ref_config *c, const char *path, char *err, size_t errlen)
 			for (; a != NULL; a = word(&p))
 				if (config_add_glob(c, a, msg, sizeof(msg)) == -1)
 					goto bad;
+		} else if (strcmp(key, "strip-attachment") == 0) {
+			if ((a = word(&p)) == NULL) {
+				snprintf(msg, sizeof(msg), "strip-attachment GLOB...");
+				goto bad;
+			}
+			for (; a != NULL; a = word(&p))
+				if (config_add_strip(c, a, msg, sizeof(msg)) == -1)
+					goto bad;
 		} else if (strcmp(key, "notice") == 0) {
 			p = skip_ws(p);
 			if (*p == '\0' || set_str(&c->notice, p) == -1) {
@@ -227,8 +253,8 @@ config_match_tag(const struct ref_config *c, const char *msg, size_t len)
 	return NULL;
 }
 
-const char *
-config_match_name(const struct ref_config *c, const char *name, size_t len)
+static const char *
+glob_match(char *const *globs, size_t n, const char *name, size_t len)
 {
 	char buf[1025];
 	size_t i;
@@ -242,8 +268,20 @@ config_match_name(const struct ref_config *c, const char *name, size_t len)
 	while (len > 0 && (buf[len - 1] == '.' || buf[len - 1] == ' ' ||
 	    buf[len - 1] == '\t'))
 		buf[--len] = '\0';
-	for (i = 0; i < c->nglobs; i++)
-		if (fnmatch(c->globs[i], buf, FNM_CASEFOLD) == 0)
-			return c->globs[i];
+	for (i = 0; i < n; i++)
+		if (fnmatch(globs[i], buf, FNM_CASEFOLD) == 0)
+			return globs[i];
 	return NULL;
+}
+
+const char *
+config_match_name(const struct ref_config *c, const char *name, size_t len)
+{
+	return glob_match(c->globs, c->nglobs, name, len);
+}
+
+const char *
+config_match_strip(const struct ref_config *c, const char *name, size_t len)
+{
+	return glob_match(c->strips, c->nstrips, name, len);
 }

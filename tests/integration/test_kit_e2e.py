@@ -7,7 +7,7 @@ import pwd
 
 import pytest
 
-from test_kit import (EXE_2231, HAM, LEAKY, LIST, BLOCKED, SPAM, RULES,  # noqa: F401
+from test_kit import (EXE_2231, HAM, LEAKY, LIST, BLOCKED, PDF, SPAM, RULES,  # noqa: F401
                       start_filter)
 
 pytestmark = pytest.mark.usefixtures("dovecot")
@@ -93,6 +93,27 @@ def test_ref_rules_end_to_end(dovecot, proxy_factory, start_filter, wtmp):
     assert dovecot.stored_count("alice") == 3      # nothing lost upstream
     # The filter kept it, so the proxy did not.
     assert not list(proxy_quarantine(wtmp).iterdir())
+
+
+def test_ref_strip_attachment_end_to_end(dovecot, proxy_factory, start_filter, wtmp):
+    """--strip-attachment: the matching part becomes a note naming it, every
+    other octet of the message stays, the octet count is the new size, and
+    the original stays on the server. A PDF is left alone."""
+    f = start_filter("ref", ["--strip-attachment", "*.exe", "--strip-attachment", "*.scr"])
+    _, got = run(dovecot, proxy_factory, f, [EXE_2231, PDF], wtmp)
+    exe, pdf = got
+    head, _, rest = EXE_2231.partition(b"--zz\r\nContent-Type: application/octet-stream")
+    assert exe.startswith(b"X-POP3Filter-Ref: checked by pop3filter-ref on ")
+    assert b"; stripped 1 attachment(s)\r\n" + head in exe
+    assert b"TVqQAAMAAAAEAAAA" not in exe
+    assert exe.endswith(b"--zz\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+                        b"Content-Disposition: inline\r\n\r\n"
+                        b"[pop3filter-ref removed the attachment \"invoice.exe\": "
+                        b"its name matches *.exe]\r\n--zz--\r\n"), exe
+    # The PDF passes with the usual trace header and nothing else changed.
+    assert b"TVqQAAMAAAAEAAAA" in pdf and b"stripped" not in pdf
+    assert dovecot.stored_count("alice") == 2      # the originals stay upstream
+    assert b"stripped 1 attachment(s), the first \"invoice.exe\"" in f.log().encode()
 
 
 EXAMPLES = [

@@ -20,6 +20,7 @@
 /* pop3filter-ref's pure parts are tested here too (they are not a library). */
 #include "../../clients/pop3filter-ref/mime.c"
 #include "../../clients/pop3filter-ref/rules.c"
+#include "../../clients/pop3filter-ref/strip.c"
 
 #define MSG "From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
 
@@ -830,6 +831,86 @@ test_ref_rules(void)
 	unlink(path);
 }
 
+/* Stripping: the spans mime_parts() reports, and the message rebuilt. */
+struct spans {
+	struct strip_span sp[8];
+	size_t n;
+	const char *msg;
+	int depth0;
+};
+
+static int
+collect_part(const char *name, size_t len, const char *ent, size_t elen,
+    int depth, void *arg)
+{
+	struct spans *s = arg;
+
+	if (depth == 0) {
+		s->depth0++;
+		return 0;
+	}
+	if (s->n < 8) {
+		s->sp[s->n].off = (size_t)(ent - s->msg);
+		s->sp[s->n].len = elen;
+		snprintf(s->sp[s->n].name, sizeof(s->sp[0].name), "%.*s", (int)len,
+		    name);
+		s->sp[s->n].glob = "*.exe";
+		s->n++;
+	}
+	return 0;
+}
+
+static void
+test_ref_strip(void)
+{
+	static const char msg[] =
+	    "Subject: invoice\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+	    "--zz\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+	    "--zz\r\nContent-Disposition: attachment; filename=x.exe\r\n\r\nTVqQ\r\n"
+	    "--zz--\r\n";
+	static const char want[] =
+	    "X-T: 1\r\n"
+	    "Subject: invoice\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+	    "--zz\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+	    "--zz\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+	    "Content-Disposition: inline\r\n\r\n"
+	    "[pop3filter-ref removed the attachment \"x.exe\": its name matches *.exe]"
+	    "\r\n--zz--\r\n";
+	struct spans s = { .msg = msg };
+	size_t n;
+	char *out;
+
+	mime_parts(msg, sizeof(msg) - 1, collect_part, &s);
+	CHECK_INT((int)s.n, 1);
+	CHECK_INT(s.depth0, 0);
+	/* The span is the part, header and body, without the line end that
+	 * belongs to the next delimiter. */
+	static const char part[] =
+	    "Content-Disposition: attachment; filename=x.exe\r\n\r\nTVqQ";
+	CHECK(s.n == 1 && s.sp[0].len == sizeof(part) - 1 &&
+	    memcmp(msg + s.sp[0].off, part, sizeof(part) - 1) == 0);
+	out = strip_build(msg, sizeof(msg) - 1, s.sp, s.n, "X-T: 1\r\n", &n);
+	CHECK(out != NULL && n == sizeof(want) - 1 && memcmp(out, want, n) == 0);
+	free(out);
+	/* No span: the message as it was, after the header line. */
+	out = strip_build(msg, sizeof(msg) - 1, NULL, 0, NULL, &n);
+	CHECK(out != NULL && n == sizeof(msg) - 1 && memcmp(out, msg, n) == 0);
+	free(out);
+	/* A message that is itself the file reports depth 0, never a span. */
+	struct spans t = { .msg = "Content-Disposition: attachment; filename=y.exe"
+	    "\r\n\r\nMZ\r\n" };
+	mime_parts(t.msg, strlen(t.msg), collect_part, &t);
+	CHECK(t.n == 0 && t.depth0 == 1);
+	/* Strip patterns are separate from reject patterns. */
+	struct ref_config c;
+	char err[128];
+	config_init(&c);
+	CHECK_INT(config_add_strip(&c, "*.EXE", err, sizeof(err)), 0);
+	CHECK(config_match_strip(&c, "x.exe. ", 7) != NULL);
+	CHECK(config_match_name(&c, "x.exe", 5) == NULL);
+	config_free(&c);
+}
+
 int
 main(void)
 {
@@ -845,6 +926,7 @@ main(void)
 	RUN(test_header_helpers);
 	RUN(test_mime_names);
 	RUN(test_ref_rules);
+	RUN(test_ref_strip);
 	unlink(sock_path);
 	return UNIT_DONE();
 }
