@@ -297,7 +297,10 @@ retr_status(struct session *s, struct pending *h, const char *line, size_t len)
 			    (unsigned long long)cfg->buffer_budget);
 		budget_enqueue(s);
 		/* Waiting, it keeps only what it has read (a few KiB, see
-		 * retr_read_max), not a 64 KiB read buffer outside the budget. */
+		 * retr_read_max), not a 64 KiB read buffer outside the budget.
+		 * The relay span points into that buffer: out it goes first
+		 * (a use after free found by fuzz_session, F5). */
+		session_relay_flush(s);
 		buf_compact(&s->up.in);
 		return 2;
 	}
