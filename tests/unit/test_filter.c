@@ -414,7 +414,7 @@ test_no_filter(void)
 	submit(fc, &h, MSG, 9);
 	run_for(1, 5);
 	CHECK_INT(h.calls, 1);
-	CHECK(h.at - t0 < 0.1);
+	CHECK(h.at - t0 < 0.5);	/* at once: well before the 1 s deadline */
 	buf_free(&h.msg);
 	filter_chain_free(fc);
 }
@@ -571,7 +571,7 @@ test_stopped_filter(void)
 	submit(fc, &h, MSG, 11);
 	run_for(1, 3);
 	CHECK(msg_has(&h, "circuit open"));
-	CHECK(h.at - t0 < 0.1);
+	CHECK(h.at - t0 < 0.5);	/* at once: well before the 1 s deadline */
 	buf_free(&h.msg);
 	/* it comes back: after a probe, messages are filtered again */
 	kill(pid, SIGCONT);
