@@ -183,8 +183,10 @@ upstream_resolved(void *arg, int err, const char *errmsg,
 	upstream_try_next(uc);
 }
 
-int
-upstream_start(struct upstream_connect *uc, struct proxy *px, const char *sid,
+/* An attempt in progress, nothing started yet (the session fuzzer, which
+ * compiles this file in, starts its fake connections from here too). */
+static void
+upstream_init(struct upstream_connect *uc, struct proxy *px, const char *sid,
     const struct route *rt, int check_policy, upstream_cb cb, void *arg)
 {
 	memset(uc, 0, sizeof(*uc));
@@ -199,6 +201,13 @@ upstream_start(struct upstream_connect *uc, struct proxy *px, const char *sid,
 	ev_init(&uc->io, upstream_io_cb);
 	ev_init(&uc->timer, upstream_timer_cb);
 	uc->io.data = uc->timer.data = uc;
+}
+
+int
+upstream_start(struct upstream_connect *uc, struct proxy *px, const char *sid,
+    const struct route *rt, int check_policy, upstream_cb cb, void *arg)
+{
+	upstream_init(uc, px, sid, rt, check_policy, cb, arg);
 	log_debug(sid, "resolving %s", rt->host);
 	uc->query = resolver_lookup(px->resolver, rt->host, rt->port,
 	    upstream_resolved, uc);

@@ -228,17 +228,7 @@ upstream_start(struct upstream_connect *uc, struct proxy *px, const char *sid,
 
 	FUZZ_CHECK(i >= 0);
 	FUZZ_CHECK(H.pend[i] == NULL);
-	memset(uc, 0, sizeof(*uc));
-	uc->px = px;
-	uc->sid = sid;
-	uc->rt = rt;
-	uc->check_policy = check_policy;
-	uc->cb = cb;
-	uc->arg = arg;
-	uc->fd = -1;
-	uc->active = 1;
-	ev_init(&uc->io, NULL);
-	ev_init(&uc->timer, NULL);
+	upstream_init(uc, px, sid, rt, check_policy, cb, arg);
 	/* Loopback or not decides whether a password may go in clear. */
 	sin = (struct sockaddr_in *)&uc->connected;
 	sin->sin_family = AF_INET;
